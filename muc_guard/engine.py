@@ -1,0 +1,746 @@
+"""
+The guard itself: tracking, detection, rejoining.
+
+Motivation
+==========
+
+aioxmpp joins a room and then believes it is in it until told otherwise, and
+even when told (110+333, 332, a bare 110) it only forgets the room. It never
+notices a room that went quiet because it forgot us, and its own autorejoin
+path has crash bugs (see the README). A bot needs the opposite: keep wanting
+its rooms, notice every way of losing one, and come back unless the room made
+clear it does not want us.
+
+Solution
+========
+
+:class:`GuardEngine` sits beside :class:`aioxmpp.MUCClient`:
+
+* It reads every inbound presence and message in the stream's application
+  filter chain, which runs *before* MUCClient sees them. Any stanza from a
+  tracked room is proof of membership and postpones the self-ping; an
+  unavailable self-presence is classified by :mod:`muc_guard.policy`.
+* A room silent for :attr:`ping_idle` seconds gets a XEP-0410 self-ping
+  (:mod:`muc_guard.selfping` reads the reply). Timers are re-armed lazily:
+  traffic only stores a timestamp, the timer checks it when it fires.
+* Joins go through MUCClient with ``autorejoin=False`` (its autorejoin crashes
+  on error presences after a reconnect) inside our own loop: one task per room
+  that needs joining, a watchdog per attempt, :class:`~muc_guard.rejoin.Backoff`
+  between failures, and a bound on concurrent joins.
+* Every change of a room's record goes to the :class:`~muc_guard.store.StoreWriter`.
+
+The engine is a plain object so that both :class:`~muc_guard.MUCGuard` and
+:class:`~muc_guard.GuardMixin` (a user's own service) can own one without
+their attribute names colliding. It fires its events through the owner's
+signals. No callback of ours may raise into aioxmpp: a raising signal
+listener is disconnected for good, so every entry point catches and logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import aioxmpp
+import aioxmpp.errors
+import aioxmpp.muc
+import aioxmpp.ping
+
+from .policy import (
+    Cause,
+    Decision,
+    NICK_CHANGE,
+    classify_join_error,
+    classify_removal,
+    decide,
+)
+from .rejoin import Backoff
+from .rooms import RoomInfo, State, TrackedRoom
+from .selfping import PingOutcome, read_ping_reply
+from .store import Store, StoreError, StoreWriter
+from .stream import StreamWatchdog
+
+__all__ = ["GuardEngine", "GuardError", "RoomLeftError", "GaveUpError"]
+
+logger = logging.getLogger("muc_guard")
+
+STATUS_SELF = 110
+#: Long enough that aioxmpp's own MUC self-ping never fires.
+_NEVER = 10 * 365 * 24 * 3600.0
+
+
+class GuardError(Exception):
+    """Base class of muc_guard's own errors."""
+
+
+class RoomLeftError(GuardError):
+    """The room was left with :meth:`leave` while :meth:`join` was waiting."""
+
+
+class GaveUpError(GuardError):
+    """The guard gave up on the room while :meth:`join` was waiting."""
+
+    def __init__(self, room_jid: aioxmpp.JID, cause: Cause) -> None:
+        super().__init__(f"{room_jid}: gave up ({cause.value})")
+        self.room_jid = room_jid
+        self.cause = cause
+
+
+class _JoinTimeout(Exception):
+    pass
+
+
+class _ExitedDuringJoin(Exception):
+    pass
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _never_raises(fn: _F) -> _F:
+    """For callbacks aioxmpp calls: log errors, return None (keeps us connected)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            logger.exception("muc_guard: error in %s (ignored)", fn.__name__)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def error_condition(exc: aioxmpp.errors.XMPPError) -> str:
+    """The defined condition of a stanza error, e.g. ``"item-not-found"``."""
+    try:
+        return str(exc.condition.value[1])
+    except (AttributeError, IndexError, TypeError):
+        return "undefined-condition"
+
+
+def _error_type(exc: aioxmpp.errors.XMPPError) -> str | None:
+    kind = getattr(type(exc), "TYPE", None)
+    return getattr(kind, "value", None)
+
+
+def room_jid_from(value: aioxmpp.JID | str) -> aioxmpp.JID:
+    """Validate a room JID given as :class:`aioxmpp.JID` or string."""
+    if isinstance(value, str):
+        try:
+            value = aioxmpp.JID.fromstr(value)
+        except ValueError as exc:
+            raise ValueError(f"not a valid room JID: {value!r} ({exc})") from None
+    if not isinstance(value, aioxmpp.JID):
+        raise TypeError(f"room JID must be aioxmpp.JID or str, not {type(value).__name__}")
+    if not value.is_bare or not value.localpart:
+        raise ValueError(f"room JID must be bare and have a local part: {value}")
+    return value
+
+
+def _check_nick(nick: str) -> str:
+    if not isinstance(nick, str) or not nick.strip():
+        raise ValueError(f"nick must be a non-empty string, not {nick!r}")
+    return nick
+
+
+class GuardEngine:
+    """Keeps one client in the rooms it wants. Owned by MUCGuard or GuardMixin."""
+
+    def __init__(self, owner: Any, client: aioxmpp.Client, muc: aioxmpp.MUCClient) -> None:
+        self._owner = owner
+        self.client = client
+        self.muc = muc
+        self._rooms: dict[aioxmpp.JID, TrackedRoom] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stream_up = asyncio.Event()
+        self._join_slots: asyncio.Semaphore | None = None
+        self._store: Store | None = None
+        self._writer: StoreWriter | None = None
+        self._closed = False
+
+        self._ping_idle = 300.0
+        self.ping_timeout = 30.0
+        self.join_timeout = 30.0
+        self.leave_timeout = 10.0
+        self.permanent_error_limit = 3
+        self.max_concurrent_joins = 32
+        self.backoff = Backoff(1.0, 60.0)
+
+        stream = client.stream
+        self._connections = [
+            (client.on_stream_established,
+             client.on_stream_established.connect(self._on_stream_established)),
+            (client.on_stream_destroyed,
+             client.on_stream_destroyed.connect(self._on_stream_destroyed)),
+            (client.on_stream_suspended,
+             client.on_stream_suspended.connect(self._on_stream_suspended)),
+            (client.on_stream_resumed,
+             client.on_stream_resumed.connect(self._on_stream_resumed)),
+        ]
+        self._filters = [
+            (stream.app_inbound_presence_filter,
+             stream.app_inbound_presence_filter.register(self._presence_filter, 0)),
+            (stream.app_inbound_message_filter,
+             stream.app_inbound_message_filter.register(self._message_filter, 0)),
+        ]
+        if client.established:
+            self._stream_up.set()
+        self._watchdog = StreamWatchdog(client)
+        self._watchdog_started = False
+
+    # --- configuration ---------------------------------------------------------
+
+    @property
+    def ping_idle(self) -> float:
+        return self._ping_idle
+
+    @ping_idle.setter
+    def ping_idle(self, value: float) -> None:
+        value = float(value)
+        if value <= 0:
+            raise ValueError("ping_idle must be positive")
+        self._ping_idle = value
+        for rec in self._rooms.values():
+            if rec.state is State.JOINED and rec.ping_task is None:
+                self._arm_ping(rec)
+
+    # --- public operations -------------------------------------------------------
+
+    def rooms(self) -> list[RoomInfo]:
+        return [rec.snapshot() for rec in self._rooms.values()]
+
+    def room_info(self, room_jid: aioxmpp.JID | str) -> RoomInfo | None:
+        rec = self._rooms.get(room_jid_from(room_jid))
+        return rec.snapshot() if rec is not None else None
+
+    @property
+    def account(self) -> str:
+        return str(self.client.local_jid.bare())
+
+    async def open_store(self, path: Any) -> None:
+        if self._store is not None:
+            raise RuntimeError(f"a store is already open: {self._store.path!r}")
+        store = await Store.open(path)
+        try:
+            stored = await store.load_rooms(self.account)
+        except BaseException:
+            await store.close()
+            raise
+        self._store = store
+        self._writer = StoreWriter(store, self.account)
+        for rec in self._rooms.values():   # join() before open_store: memory wins
+            self._writer.mark(rec)
+        restored = 0
+        for rec in stored:
+            if rec.jid in self._rooms:
+                continue
+            rec.confirmed = True
+            rec.announce_rejoin = rec.wanted
+            self._rooms[rec.jid] = rec
+            if rec.wanted:
+                restored += 1
+                self._start_joining(rec, 0.0)
+        logger.info("store %r opened for %s: %d room(s), %d to rejoin",
+                    store.path, self.account, len(stored), restored)
+
+    async def join(self, room_jid: aioxmpp.JID | str, nick: str, *,
+                   password: str | None = None) -> aioxmpp.muc.Room:
+        jid = room_jid_from(room_jid)
+        nick = _check_nick(nick)
+        if self._closed:
+            raise RuntimeError("muc_guard is shut down")
+        rec = self._rooms.get(jid)
+        if rec is None:
+            rec = TrackedRoom(jid=jid, requested_nick=nick, nick=nick, password=password,
+                              state=State.JOINING, added=time.time())
+            self._rooms[jid] = rec
+            await self._persist_now(rec)
+        elif rec.state is State.JOINED:
+            if nick not in (rec.nick, rec.requested_nick):
+                await self.set_nick(jid, nick)
+            if password is not None and password != rec.password:
+                rec.password = password
+                await self._persist_now(rec)
+            return rec.room
+        else:
+            rewanted = rec.state is State.GAVE_UP
+            if rewanted:
+                rec.state = State.JOINING
+                rec.announce_rejoin = False
+            if rewanted or nick != rec.requested_nick:
+                rec.requested_nick = rec.nick = nick
+            if password is not None:
+                rec.password = password
+            await self._persist_now(rec)
+
+        waiter: asyncio.Future[aioxmpp.muc.Room] = asyncio.get_running_loop().create_future()
+        rec.waiters.append(waiter)
+        self._start_joining(rec, 0.0)
+        try:
+            return await waiter
+        finally:
+            # Cancelling join() cancels only this wait: the room stays wanted.
+            if waiter in rec.waiters:
+                rec.waiters.remove(waiter)
+
+    async def set_nick(self, room_jid: aioxmpp.JID | str, nick: str) -> None:
+        """Change our nick in a joined room (or the nick used for the next join)."""
+        jid = room_jid_from(room_jid)
+        nick = _check_nick(nick)
+        rec = self._rooms.get(jid)
+        if rec is None:
+            raise KeyError(f"{jid} is not tracked")
+        if rec.state is not State.JOINED or rec.room is None:
+            rec.requested_nick = rec.nick = nick
+            await self._persist_now(rec)
+            return
+        rec.nick_change_pending = True
+        try:
+            await rec.room.set_nick(nick)
+        except BaseException:
+            rec.nick_change_pending = False
+            raise
+        rec.requested_nick = nick
+        self._mark(rec)
+
+    async def leave(self, room_jid: aioxmpp.JID | str) -> None:
+        jid = room_jid_from(room_jid)
+        rec = self._rooms.pop(jid, None)
+        if rec is None:
+            return
+        rec.cancel_timers()
+        task = rec.join_task
+        if task is not None:
+            task.cancel()
+        self._fail_waiters(rec, RoomLeftError(f"{jid} was left"))
+        if self._writer is not None:
+            self._writer.mark_deleted(jid)
+            await self._flush()
+        room = rec.room
+        rec.room = None
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        if room is not None and room.muc_joined:
+            try:
+                await asyncio.wait_for(room.leave(), self.leave_timeout)
+            except (asyncio.TimeoutError, ConnectionError, aioxmpp.errors.XMPPError) as exc:
+                logger.info("%s: no answer to our leave (%r); forgetting it anyway", jid, exc)
+        self._release_aioxmpp_room(jid)
+        logger.info("%s: left and forgotten", jid)
+
+    async def close(self) -> None:
+        """Stop timers and tasks, flush and close the store. Rooms stay wanted."""
+        if self._closed:
+            return
+        self._closed = True
+        self._watchdog.stop()
+        for signal, token in self._connections:
+            signal.disconnect(token)
+        for chain, token in self._filters:
+            chain.unregister(token)
+        for rec in self._rooms.values():
+            rec.cancel_timers()
+            if rec.join_task is not None:
+                rec.join_task.cancel()
+            self._fail_waiters(rec, ConnectionError("muc_guard shut down"))
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._writer is not None:
+            await self._writer.close()
+        if self._store is not None:
+            await self._store.close()
+
+    # --- inbound stanzas -----------------------------------------------------------
+
+    def _presence_filter(self, stanza: aioxmpp.Presence) -> aioxmpp.Presence:
+        try:
+            self._inspect_presence(stanza)
+        except Exception:
+            logger.exception("muc_guard: cannot inspect presence %r (ignored)", stanza)
+        return stanza
+
+    def _message_filter(self, message: aioxmpp.Message) -> aioxmpp.Message:
+        try:
+            sender = message.from_
+            rec = self._rooms.get(sender.bare()) if sender is not None else None
+            if rec is not None:
+                if message.type_ == aioxmpp.MessageType.ERROR:
+                    # Prosody answers a non-occupant's message with not-acceptable:
+                    # an error from the room is a reason to check, not proof.
+                    self._ping_soon(rec)
+                else:
+                    self._saw_traffic(rec)
+        except Exception:
+            logger.exception("muc_guard: cannot inspect message %r (ignored)", message)
+        return message
+
+    def _saw_traffic(self, rec: TrackedRoom) -> None:
+        rec.last_traffic = asyncio.get_running_loop().time()
+        rec.judge.reset()
+
+    def _inspect_presence(self, stanza: aioxmpp.Presence) -> None:
+        sender = stanza.from_
+        if sender is None:
+            return
+        rec = self._rooms.get(sender.bare())
+        if rec is None or sender.is_bare or stanza.type_ == aioxmpp.PresenceType.ERROR:
+            return  # join errors reach the join attempt through MUCClient
+        if rec.state is not State.JOINED:
+            return  # the join attempt in progress handles its own presences
+        muc_user = stanza.xep0045_muc_user
+        codes = {int(code) for code in muc_user.status_codes} if muc_user is not None else set()
+
+        if stanza.type_ != aioxmpp.PresenceType.UNAVAILABLE:
+            self._saw_traffic(rec)
+            if (STATUS_SELF in codes and sender.resource != rec.nick
+                    and rec.nick_change_pending):
+                self._nick_changed(rec, sender.resource)
+            return
+        if sender.resource != rec.nick:
+            self._saw_traffic(rec)   # another occupant left
+            return
+        if STATUS_SELF not in codes:
+            logger.info("%s: unavailable presence from our occupant JID without 110",
+                        rec.jid)
+        if NICK_CHANGE in codes:
+            rec.nick_change_pending = True
+            return
+        destroyed = muc_user is not None and muc_user.destroy is not None
+        cause = classify_removal(codes, destroyed=destroyed)
+        if cause is None:
+            return
+        reason = stanza.status.any() if stanza.status else None
+        logger.debug("%s: unavailable self-presence, codes %s -> %s", rec.jid,
+                     sorted(codes), cause.name)
+        # Let MUCClient process this presence (and forget the Room) first.
+        asyncio.get_running_loop().call_soon(self._dropped, rec, cause, reason)
+
+    def _nick_changed(self, rec: TrackedRoom, nick: str) -> None:
+        logger.info("%s: our nick is now %r", rec.jid, nick)
+        rec.nick = nick
+        rec.nick_change_pending = False
+        self._mark(rec)
+
+    # --- stream --------------------------------------------------------------------
+
+    def _ensure_watchdog(self) -> None:
+        if not self._watchdog_started and not self._closed:
+            self._watchdog_started = True
+            self._watchdog.start()
+
+    @_never_raises
+    def _on_stream_established(self) -> None:
+        self._stream_up.set()
+        self._ensure_watchdog()
+        for rec in self._rooms.values():
+            if rec.wanted and rec.state is not State.JOINED:
+                self._start_joining(rec, 0.0)
+
+    @_never_raises
+    def _on_stream_destroyed(self, reason: Any = None) -> None:
+        self._stream_up.clear()
+        self._watchdog.stream_lost()
+        lost = [rec for rec in self._rooms.values() if rec.state is State.JOINED]
+        if lost:
+            logger.warning("stream lost (%s): %d room(s) to rejoin", reason, len(lost))
+        for rec in lost:
+            self._dropped(rec, Cause.STREAM_LOST)
+
+    @_never_raises
+    def _on_stream_suspended(self, reason: Any = None) -> None:
+        # XEP-0198 hibernation: the rooms may survive; pause pings and joins.
+        self._stream_up.clear()
+
+    @_never_raises
+    def _on_stream_resumed(self) -> None:
+        self._stream_up.set()
+        for rec in self._rooms.values():
+            if rec.state is State.JOINED and rec.ping_task is None:
+                self._arm_ping(rec)
+
+    # --- drops -----------------------------------------------------------------------
+
+    @_never_raises
+    def _dropped(self, rec: TrackedRoom, cause: Cause, reason: str | None = None) -> None:
+        if self._rooms.get(rec.jid) is not rec or rec.state is not State.JOINED:
+            return
+        rec.cancel_timers()
+        self._release_aioxmpp_room(rec.jid)
+        rec.room = None
+        rec.drops += 1
+        rec.last_cause = cause
+        rec.last_dropped = time.time()
+        decision = decide(cause)
+        logger.warning("%s: dropped (%s%s); %s", rec.jid, cause.value,
+                       f": {reason}" if reason else "", decision.value)
+        if decision is Decision.GIVE_UP:
+            self._give_up(rec, cause, dropped=True)
+            return
+        rec.state = State.REJOINING
+        rec.announce_rejoin = True
+        self._mark(rec)
+        self._owner.on_dropped(rec.jid, cause)
+        self._start_joining(rec, self.backoff.first_delay(cause))
+
+    def _give_up(self, rec: TrackedRoom, cause: Cause,
+                 exc: BaseException | None = None, *, dropped: bool = False) -> None:
+        rec.state = State.GAVE_UP
+        rec.last_cause = cause
+        rec.room = None
+        rec.cancel_timers()
+        self._mark(rec)
+        self._fail_waiters(rec, exc if exc is not None else GaveUpError(rec.jid, cause))
+        logger.warning("%s: gave up (%s)", rec.jid, cause.value)
+        if dropped:
+            self._owner.on_dropped(rec.jid, cause)
+        self._owner.on_gave_up(rec.jid, cause)
+
+    def _release_aioxmpp_room(self, jid: aioxmpp.JID) -> None:
+        """Make MUCClient forget a Room the server no longer has us in.
+
+        aioxmpp has no public way to do this; Room._disconnect() is what it
+        uses itself on stream loss: it fires on_exit(DISCONNECTED) and drops
+        the Room from MUCClient's bookkeeping, so the next join() starts fresh.
+        """
+        try:
+            room = self.muc.get_muc(jid)
+        except KeyError:
+            return
+        if room.muc_joined:
+            room._disconnect()
+
+    # --- self-ping ---------------------------------------------------------------------
+
+    def _arm_ping(self, rec: TrackedRoom, at: float | None = None, *,
+                  force: bool = False) -> None:
+        if rec.ping_timer is not None:
+            rec.ping_timer.cancel()
+        loop = asyncio.get_running_loop()
+        due = rec.last_traffic + self._ping_idle if at is None else at
+        rec.ping_timer = loop.call_at(due, self._ping_due, rec, force)
+
+    def _ping_soon(self, rec: TrackedRoom) -> None:
+        if rec.state is State.JOINED and rec.ping_task is None:
+            self._arm_ping(rec, asyncio.get_running_loop().time(), force=True)
+
+    @_never_raises
+    def _ping_due(self, rec: TrackedRoom, force: bool = False) -> None:
+        rec.ping_timer = None
+        if (self._closed or rec.state is not State.JOINED
+                or self._rooms.get(rec.jid) is not rec or rec.ping_task is not None):
+            return
+        now = asyncio.get_running_loop().time()
+        due = rec.last_traffic + self._ping_idle
+        if due > now and not force:
+            self._arm_ping(rec, due)   # traffic came meanwhile
+            return
+        if not self._stream_up.is_set() or rec.nick_change_pending:
+            self._arm_ping(rec, now + self._ping_idle)
+            return
+        rec.ping_task = self._spawn(self._self_ping(rec))
+
+    async def _self_ping(self, rec: TrackedRoom) -> None:
+        target = rec.jid.replace(resource=rec.nick)
+        condition: str | None = None
+        timed_out = False
+        try:
+            try:
+                await self.client.send(
+                    aioxmpp.IQ(to=target, type_=aioxmpp.IQType.GET,
+                               payload=aioxmpp.ping.Ping()),
+                    timeout=self.ping_timeout,
+                )
+            except TimeoutError:
+                timed_out = True
+            except aioxmpp.errors.XMPPError as exc:
+                condition = error_condition(exc)
+            except (ConnectionError, aioxmpp.errors.StreamError):
+                return   # the stream handlers take over
+        finally:
+            rec.ping_task = None
+        if rec.state is not State.JOINED or self._rooms.get(rec.jid) is not rec:
+            return
+        verdict = read_ping_reply(condition, timed_out=timed_out)
+        outcome = rec.judge.judge(verdict, timed_out=timed_out)
+        logger.debug("%s: self-ping %s -> %s", rec.jid,
+                     "timeout" if timed_out else (condition or "result"), outcome.value)
+        loop = asyncio.get_running_loop()
+        if outcome is PingOutcome.JOINED:
+            rec.last_traffic = loop.time()
+            self._arm_ping(rec)
+        elif outcome is PingOutcome.RETRY:
+            self._arm_ping(rec, loop.time() + self._ping_idle)
+        else:
+            self._dropped(rec, Cause.PING, condition)
+
+    # --- joining ---------------------------------------------------------------------
+
+    def _start_joining(self, rec: TrackedRoom, delay: float) -> None:
+        if self._closed or (rec.join_task is not None and not rec.join_task.done()):
+            return
+        rec.join_task = self._spawn(self._keep_joining(rec, delay))
+
+    async def _keep_joining(self, rec: TrackedRoom, delay: float) -> None:
+        failures = 0
+        permanent = 0
+        while True:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._stream_up.wait()
+            if self._rooms.get(rec.jid) is not rec or not rec.wanted:
+                return
+            try:
+                room = await self._attempt(rec)
+            except aioxmpp.errors.XMPPError as exc:
+                condition = error_condition(exc)
+                if not classify_join_error(condition, _error_type(exc)):
+                    permanent = 0
+                    logger.info("%s: join failed (%s), will retry", rec.jid, condition)
+                elif condition == "conflict" and rec.confirmed and not rec.waiters:
+                    # Our nick was taken while we were out; keep trying for it.
+                    logger.warning("%s: nick %r is taken, will retry", rec.jid, rec.nick)
+                elif rec.waiters or not rec.confirmed:
+                    self._join_refused(rec, exc)
+                    return
+                else:
+                    permanent += 1
+                    logger.warning("%s: join refused (%s), %d/%d", rec.jid, condition,
+                                   permanent, self.permanent_error_limit)
+                    if permanent >= self.permanent_error_limit:
+                        self._give_up(rec, Cause.JOIN_ERROR, exc)
+                        return
+            except (_JoinTimeout, _ExitedDuringJoin) as exc:
+                logger.info("%s: join attempt failed (%s), will retry", rec.jid,
+                            type(exc).__name__.strip("_"))
+            except ConnectionError:
+                if not self._stream_up.is_set():
+                    delay = 0.0   # wait for the stream, then try at once
+                    continue
+            else:
+                self._joined(rec, room)
+                return
+            failures += 1
+            delay = self.backoff.delay(failures)
+
+    async def _attempt(self, rec: TrackedRoom) -> aioxmpp.muc.Room:
+        if self._join_slots is None:
+            self._join_slots = asyncio.Semaphore(self.max_concurrent_joins)
+        async with self._join_slots:
+            self._release_aioxmpp_room(rec.jid)
+            room, fut = self.muc.join(rec.jid, rec.nick, password=rec.password,
+                                      history=self._history_for(rec), autorejoin=False)
+            rec.room = room
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), self.join_timeout)
+            except asyncio.TimeoutError:
+                fut.cancel()  # MUCClient forgets the pending join and sends an unjoin
+                raise _JoinTimeout() from None
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
+            if not room.muc_joined:
+                raise _ExitedDuringJoin()   # removed again before the join completed
+            return room
+
+    def _history_for(self, rec: TrackedRoom) -> aioxmpp.muc.xso.History | None:
+        """Ask only for what we missed since the last stanza seen from the room."""
+        if not rec.last_traffic:
+            return None
+        loop = asyncio.get_running_loop()
+        missed = max(loop.time() - rec.last_traffic, 0.0) + 1.0
+        return aioxmpp.muc.xso.History(seconds=int(missed) + 1)
+
+    def _joined(self, rec: TrackedRoom, room: aioxmpp.muc.Room) -> None:
+        rec.room = room
+        rec.state = State.JOINED
+        if room.me is not None and room.me.nick and room.me.nick != rec.nick:
+            logger.info("%s: the room gave us nick %r instead of %r", rec.jid,
+                        room.me.nick, rec.nick)
+            rec.nick = room.me.nick
+        rec.confirmed = True
+        rec.nick_change_pending = False
+        rec.last_joined = time.time()
+        self._saw_traffic(rec)
+        self._quiet_builtin_self_ping(room)
+        self._mark(rec)
+        for waiter in rec.waiters:
+            if not waiter.done():
+                waiter.set_result(room)
+        rec.waiters.clear()
+        self._arm_ping(rec)
+        announce, rec.announce_rejoin = rec.announce_rejoin, False
+        logger.info("%s: %s as %r", rec.jid, "rejoined" if announce else "joined", rec.nick)
+        if announce:
+            self._owner.on_rejoined(rec.jid, room)
+
+    @staticmethod
+    def _quiet_builtin_self_ping(room: aioxmpp.muc.Room) -> None:
+        """Switch off aioxmpp's own MUC self-ping: it would cycle the room behind
+        our back and ignore errors on that rejoin (room stuck in JOIN_PRESENCE)."""
+        monitor = getattr(room, "_monitor", None)
+        if monitor is None:
+            return
+        try:
+            import datetime
+            monitor.soft_timeout = datetime.timedelta(seconds=_NEVER)
+            monitor.hard_timeout = datetime.timedelta(seconds=_NEVER)
+        except Exception:  # pragma: no cover - a future aioxmpp may differ
+            logger.debug("cannot quiet aioxmpp's self-ping", exc_info=True)
+
+    def _join_refused(self, rec: TrackedRoom, exc: aioxmpp.errors.XMPPError) -> None:
+        """A permanent error on an explicit join(): raise it, do not keep the room."""
+        logger.warning("%s: join refused (%s)", rec.jid, error_condition(exc))
+        self._fail_waiters(rec, exc)
+        rec.room = None
+        if rec.confirmed:
+            # Wanted again after giving up: back to where it was, with the reason.
+            rec.state = State.GAVE_UP
+            rec.last_cause = Cause.JOIN_ERROR
+            self._mark(rec)
+        else:
+            self._rooms.pop(rec.jid, None)
+            if self._writer is not None:
+                self._writer.mark_deleted(rec.jid)
+
+    @staticmethod
+    def _fail_waiters(rec: TrackedRoom, exc: BaseException) -> None:
+        for waiter in rec.waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+        rec.waiters.clear()
+
+    # --- persistence and tasks -----------------------------------------------------------
+
+    def _mark(self, rec: TrackedRoom) -> None:
+        if self._writer is not None and self._rooms.get(rec.jid) is rec:
+            self._writer.mark(rec)
+
+    async def _persist_now(self, rec: TrackedRoom) -> None:
+        self._mark(rec)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        if self._writer is None:
+            return
+        try:
+            await self._writer.flush()
+        except StoreError:
+            pass  # logged by the writer, which keeps the change and retries
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("muc_guard task failed", exc_info=task.exception())

@@ -1,0 +1,142 @@
+"""
+GuardMixin: muc_guard's behaviour for a service of your own.
+
+aioxmpp forbids subclassing services, and it only collects decorated handlers
+(``depsignal``, filters) from the concrete class's own namespace, so a plain
+mixin cannot declare them. This mixin therefore wires everything by hand in
+``__init__`` (through a :class:`~muc_guard.engine.GuardEngine` it owns) and
+unwires it in ``_shutdown``. Use it as the first base of your service and list
+:class:`aioxmpp.MUCClient` in ``ORDER_AFTER``::
+
+    class Bot(muc_guard.GuardMixin, aioxmpp.service.Service):
+        ORDER_AFTER = [aioxmpp.MUCClient]
+
+        async def _shutdown(self):
+            ...                          # your own clean-up
+            await super()._shutdown()    # then the guard's
+
+:class:`muc_guard.MUCGuard` is exactly this mixin on an otherwise empty service.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import aioxmpp
+import aioxmpp.callbacks
+import aioxmpp.muc
+
+from .engine import GuardEngine
+from .rooms import RoomInfo
+
+__all__ = ["GuardMixin"]
+
+
+def _engine_setting(name: str, doc: str) -> property:
+    def get(self: "GuardMixin") -> Any:
+        return getattr(self._guard, name)
+
+    def set_(self: "GuardMixin", value: Any) -> None:
+        setattr(self._guard, name, value)
+
+    return property(get, set_, doc=doc)
+
+
+class GuardMixin:
+    """Tracks wanted rooms, detects drops, rejoins; see the package docs."""
+
+    #: ``on_dropped(room_jid, cause)``: a removal we did not ask for.
+    on_dropped = aioxmpp.callbacks.Signal()
+    #: ``on_rejoined(room_jid, room)``: back in, with the new :class:`aioxmpp.muc.Room`.
+    on_rejoined = aioxmpp.callbacks.Signal()
+    #: ``on_gave_up(room_jid, cause)``: the guard will not rejoin on its own.
+    on_gave_up = aioxmpp.callbacks.Signal()
+
+    def __init__(self, client: aioxmpp.Client, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)  # type: ignore[call-arg]
+        dependencies = getattr(self, "dependencies", {})
+        muc = dependencies.get(aioxmpp.MUCClient)
+        if muc is None:
+            raise TypeError(
+                f"{type(self).__name__} uses GuardMixin: list aioxmpp.MUCClient in its "
+                "ORDER_AFTER and create it with client.summon()"
+            )
+        self._guard = GuardEngine(self, client, muc)
+
+    ping_idle = _engine_setting(
+        "ping_idle", "Seconds of silence from a room before a self-ping (default 300).")
+    ping_timeout = _engine_setting(
+        "ping_timeout", "Seconds to wait for a self-ping reply (default 30).")
+    join_timeout = _engine_setting(
+        "join_timeout", "Watchdog on each join attempt, in seconds (default 30).")
+    leave_timeout = _engine_setting(
+        "leave_timeout", "Seconds leave() waits for the room's answer (default 10).")
+    permanent_error_limit = _engine_setting(
+        "permanent_error_limit",
+        "Consecutive permanent join errors before giving up on a rejoin (default 3).")
+    max_concurrent_joins = _engine_setting(
+        "max_concurrent_joins", "Join attempts in flight at once (default 32).")
+
+    @property
+    def backoff_min(self) -> float:
+        """Smallest delay between failed join attempts, in seconds (default 1)."""
+        return self._guard.backoff.minimum
+
+    @backoff_min.setter
+    def backoff_min(self, value: float) -> None:
+        self._set_backoff(float(value), self._guard.backoff.maximum)
+
+    @property
+    def backoff_max(self) -> float:
+        """Largest delay between failed join attempts, in seconds (default 60)."""
+        return self._guard.backoff.maximum
+
+    @backoff_max.setter
+    def backoff_max(self, value: float) -> None:
+        self._set_backoff(self._guard.backoff.minimum, float(value))
+
+    def _set_backoff(self, minimum: float, maximum: float) -> None:
+        backoff = self._guard.backoff
+        if minimum <= 0 or maximum < minimum:
+            raise ValueError(
+                f"backoff needs 0 < backoff_min <= backoff_max, got {minimum}, {maximum}")
+        backoff.minimum, backoff.maximum = minimum, maximum
+
+    async def open_store(self, path: str | os.PathLike[str]) -> None:
+        """Open (creating or migrating) the SQLite state file and rejoin what it wants.
+
+        Raises :class:`muc_guard.StoreError` for a corrupt, foreign or newer file.
+        """
+        await self._guard.open_store(path)
+
+    async def join(self, room_jid: aioxmpp.JID | str, nick: str, *,
+                   password: str | None = None) -> aioxmpp.muc.Room:
+        """Want the room from now on and return its Room once joined.
+
+        Raises the room's :class:`aioxmpp.errors.XMPPError` on a permanent
+        refusal (the room is then not kept). Transient failures are retried
+        while this waits; bound it with :func:`asyncio.wait_for` if needed:
+        cancelling the wait does not forget the room.
+        """
+        return await self._guard.join(room_jid, nick, password=password)
+
+    async def leave(self, room_jid: aioxmpp.JID | str) -> None:
+        """Leave the room and forget it: it is never rejoined. Unknown rooms: no-op."""
+        await self._guard.leave(room_jid)
+
+    async def set_nick(self, room_jid: aioxmpp.JID | str, nick: str) -> None:
+        """Change our nick in a tracked room; the store follows what the room reports."""
+        await self._guard.set_nick(room_jid, nick)
+
+    def rooms(self) -> list[RoomInfo]:
+        """Snapshots of every tracked room, gave-up ones included."""
+        return self._guard.rooms()
+
+    def room_info(self, room_jid: aioxmpp.JID | str) -> RoomInfo | None:
+        """Snapshot of one tracked room, or None."""
+        return self._guard.room_info(room_jid)
+
+    async def _shutdown(self) -> None:
+        await self._guard.close()
+        await super()._shutdown()  # type: ignore[misc]

@@ -1,0 +1,117 @@
+"""
+The rooms this client wants to be in.
+
+Each tracked room is a :class:`TrackedRoom`: what the user asked for
+(room JID, nick, password), what the room really gave us (the nick after a
+210 rewrite), where it stands (:class:`State`) and its history (drop count,
+last cause, timestamps). The guard owns these records; users see immutable
+:class:`RoomInfo` snapshots from :meth:`MUCGuard.rooms`, so nothing they do
+with one can corrupt the guard's state.
+
+State machine::
+
+    JOINING ──joined──► JOINED ──drop (rejoin)──► REJOINING ──joined──► JOINED
+       │                  │                           │
+       └──permanent───────┴──drop (room's will)───────┴──► GAVE_UP ──join()──► JOINING
+
+``JOINING`` is a room wanted but never joined in this process (new, or
+restored from the store); ``REJOINING`` follows a drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+from typing import TYPE_CHECKING, Any
+
+import aioxmpp
+
+from .policy import Cause
+from .selfping import PingJudge
+
+if TYPE_CHECKING:  # pragma: no cover
+    import aioxmpp.muc
+
+__all__ = ["State", "RoomInfo", "TrackedRoom"]
+
+
+class State(enum.Enum):
+    JOINING = "joining"
+    JOINED = "joined"
+    REJOINING = "rejoining"
+    GAVE_UP = "gave-up"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomInfo:
+    """A snapshot of one tracked room, as returned by :meth:`MUCGuard.rooms`."""
+
+    jid: aioxmpp.JID
+    nick: str                         #: the nick the room gave us (210 included)
+    requested_nick: str               #: the nick we asked for
+    state: State
+    drops: int                        #: drops detected so far (persisted)
+    last_cause: Cause | None
+    last_joined: float | None         #: UNIX time of the last successful join
+    last_dropped: float | None        #: UNIX time of the last drop
+    room: "aioxmpp.muc.Room | None" = dataclasses.field(default=None, compare=False)
+    has_password: bool = False
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class TrackedRoom:
+    """The guard's own record of a room; persisted fields first."""
+
+    jid: aioxmpp.JID
+    requested_nick: str
+    nick: str
+    password: str | None = dataclasses.field(default=None, repr=False)
+    state: State = State.JOINING
+    drops: int = 0
+    last_cause: Cause | None = None
+    last_joined: float | None = None
+    last_dropped: float | None = None
+    added: float | None = None
+
+    # --- runtime only ---
+    room: Any = None                  #: the aioxmpp Room while joined or joining
+    #: loop time of the last stanza from the room (proof of membership)
+    last_traffic: float = 0.0
+    judge: PingJudge = dataclasses.field(default_factory=PingJudge)
+    ping_timer: asyncio.TimerHandle | None = None
+    ping_task: "asyncio.Task[None] | None" = None
+    join_task: "asyncio.Task[None] | None" = None
+    #: futures of join() callers waiting for this room
+    waiters: list["asyncio.Future[Any]"] = dataclasses.field(default_factory=list)
+    #: set after a drop or a restore: the next successful join fires on_rejoined
+    announce_rejoin: bool = False
+    #: joined at least once (or restored): permanent errors no longer mean "bad join()"
+    confirmed: bool = False
+    nick_change_pending: bool = False
+
+    @property
+    def wanted(self) -> bool:
+        return self.state is not State.GAVE_UP
+
+    def snapshot(self) -> RoomInfo:
+        return RoomInfo(
+            jid=self.jid,
+            nick=self.nick,
+            requested_nick=self.requested_nick,
+            state=self.state,
+            drops=self.drops,
+            last_cause=self.last_cause,
+            last_joined=self.last_joined,
+            last_dropped=self.last_dropped,
+            room=self.room if self.state is State.JOINED else None,
+            has_password=self.password is not None,
+        )
+
+    def cancel_timers(self) -> None:
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+            self.ping_timer = None
+        if self.ping_task is not None and not self.ping_task.done():
+            self.ping_task.cancel()
+        self.ping_task = None

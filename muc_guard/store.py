@@ -1,0 +1,369 @@
+"""
+Persistent state: the rooms each account wants, in one SQLite file.
+
+Motivation
+==========
+
+A bot that restarts must rejoin its rooms with the nick the rooms really gave
+it, and must keep respecting a kick or a ban it received before the restart.
+aioxmpp forgets all of that with the process.
+
+Solution
+========
+
+:class:`Store` keeps one row per (account, room) in SQLite through aiosqlite.
+The rules it follows:
+
+* Only this module speaks SQL.
+* Writes are rare (join, leave, drop, nick change) and precious, so each is a
+  real transaction (``BEGIN IMMEDIATE`` … ``COMMIT``) with
+  ``synchronous=FULL`` in WAL mode. :class:`StoreWriter` coalesces changes
+  that pile up while a write is running into the next transaction.
+* The file is created with mode 0600 before SQLite touches it: it may hold
+  room passwords. SQLite gives its ``-wal`` and ``-shm`` files the same mode.
+* ``PRAGMA application_id`` marks the file as ours and ``PRAGMA user_version``
+  holds the schema version. A file that is corrupt, foreign (another
+  program's database, or not a database at all) or from a newer version of
+  muc_guard raises :class:`StoreError` naming the file, and is never
+  overwritten or reset.
+* A row that cannot be read back (a bad JID, an unknown cause) is skipped
+  with a warning and left in the file untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import aiosqlite
+import aioxmpp
+
+from .policy import Cause
+from .rooms import State, TrackedRoom
+
+__all__ = ["Store", "StoreError", "StoreWriter", "SCHEMA_VERSION", "APPLICATION_ID"]
+
+logger = logging.getLogger("muc_guard.store")
+
+#: "MUCG": marks a SQLite file as a muc_guard store.
+APPLICATION_ID = 0x4D554347
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+#: MIGRATIONS[n] brings a store from user_version n to n + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE rooms (
+            account        TEXT NOT NULL,
+            room           TEXT NOT NULL,
+            requested_nick TEXT NOT NULL,
+            nick           TEXT NOT NULL,
+            password       TEXT,
+            wanted         INTEGER NOT NULL,
+            drops          INTEGER NOT NULL DEFAULT 0,
+            last_cause     TEXT,
+            last_joined    REAL,
+            last_dropped   REAL,
+            added          REAL NOT NULL,
+            PRIMARY KEY (account, room)
+        ) WITHOUT ROWID""",
+    ),
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+_UPSERT = """
+INSERT INTO rooms (account, room, requested_nick, nick, password, wanted, drops,
+                   last_cause, last_joined, last_dropped, added)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (account, room) DO UPDATE SET
+    requested_nick = excluded.requested_nick, nick = excluded.nick,
+    password = excluded.password, wanted = excluded.wanted, drops = excluded.drops,
+    last_cause = excluded.last_cause, last_joined = excluded.last_joined,
+    last_dropped = excluded.last_dropped
+"""
+
+
+class StoreError(Exception):
+    """The store file cannot be used; the message names the file and why."""
+
+
+def _room_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
+    return (
+        account, str(rec.jid), rec.requested_nick, rec.nick, rec.password,
+        int(rec.wanted), rec.drops,
+        rec.last_cause.value if rec.last_cause is not None else None,
+        rec.last_joined, rec.last_dropped,
+        rec.added if rec.added is not None else time.time(),
+    )
+
+
+def _create_private(path: str) -> None:
+    """Create `path` empty with mode 0600 unless it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _check_header(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise StoreError(f"cannot use store {path!r}: {exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"store {path!r} is not a regular file")
+    if st.st_mode & 0o077:
+        logger.warning("store %r is readable by other users (mode %o); it may hold "
+                       "room passwords: chmod 600 it", path, stat.S_IMODE(st.st_mode))
+    if st.st_size == 0:
+        return
+    with open(path, "rb") as f:
+        header = f.read(len(_SQLITE_MAGIC))
+    if header != _SQLITE_MAGIC:
+        raise StoreError(
+            f"store {path!r} is not a SQLite database (corrupt, or some other file); "
+            "refusing to touch it"
+        )
+
+
+class Store:
+    """One open store file. Use :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, path: str, conn: aiosqlite.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        #: number of write transactions committed (for tests and benchmarks)
+        self.transactions = 0
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> "Store":
+        path = os.fspath(path)
+        _create_private(path)
+        _check_header(path)
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path!r}: {exc}") from exc
+        store = cls(path, conn)
+        try:
+            await store._prepare()
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def _scalar(self, sql: str) -> Any:
+        async with self._conn.execute(sql) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def _prepare(self) -> None:
+        path = self.path
+        try:
+            await self._conn.execute("PRAGMA busy_timeout = 5000")
+            app_id = await self._scalar("PRAGMA application_id")
+            version = await self._scalar("PRAGMA user_version")
+            tables = await self._scalar("SELECT count(*) FROM sqlite_master")
+            if app_id != APPLICATION_ID and (app_id != 0 or version != 0 or tables):
+                raise StoreError(
+                    f"store {path!r} is a SQLite database of some other program "
+                    f"(application_id={app_id}, user_version={version}); refusing to touch it"
+                )
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {path!r} has schema version {version}, newer than this "
+                    f"muc_guard understands ({SCHEMA_VERSION}); upgrade muc_guard"
+                )
+            check = await self._scalar("PRAGMA quick_check")
+            if check != "ok":
+                raise StoreError(f"store {path!r} is corrupt: {check}")
+            await self._conn.execute("PRAGMA journal_mode = WAL")
+            await self._conn.execute("PRAGMA synchronous = FULL")
+            await self._migrate(version)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"store {path!r} is corrupt or unreadable: {exc}") from exc
+
+    async def _migrate(self, version: int) -> None:
+        if version == SCHEMA_VERSION:
+            return
+        await self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for step in MIGRATIONS[version:]:
+                for sql in step:
+                    await self._conn.execute(sql)
+            await self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            await self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            await self._conn.execute("COMMIT")
+        except BaseException:
+            await self._conn.execute("ROLLBACK")
+            raise
+        logger.info("store %r migrated from schema %d to %d", self.path, version,
+                    SCHEMA_VERSION)
+
+    async def load_rooms(self, account: str) -> list[TrackedRoom]:
+        """All rooms stored for `account`; unreadable rows are skipped, not lost."""
+        rooms = []
+        async with self._conn.execute(
+            "SELECT room, requested_nick, nick, password, wanted, drops, last_cause, "
+            "last_joined, last_dropped, added FROM rooms WHERE account = ? ORDER BY added",
+            (account,),
+        ) as cur:
+            async for row in cur:
+                try:
+                    rooms.append(self._room_from_row(row))
+                except (ValueError, TypeError) as exc:
+                    logger.warning("store %r: skipping unreadable row for room %r of %s: %s",
+                                   self.path, row[0], account, exc)
+        return rooms
+
+    @staticmethod
+    def _room_from_row(row: tuple[Any, ...]) -> TrackedRoom:
+        (room, requested_nick, nick, password, wanted, drops, last_cause,
+         last_joined, last_dropped, added) = row
+        jid = aioxmpp.JID.fromstr(room)
+        if not jid.is_bare or not jid.localpart:
+            raise ValueError(f"not a bare room JID: {room!r}")
+        if not isinstance(requested_nick, str) or not isinstance(nick, str):
+            raise TypeError("nick is not text")
+        return TrackedRoom(
+            jid=jid,
+            requested_nick=requested_nick,
+            nick=nick or requested_nick,
+            password=password,
+            state=State.JOINING if wanted else State.GAVE_UP,
+            drops=int(drops),
+            last_cause=Cause(last_cause) if last_cause is not None else None,
+            last_joined=last_joined,
+            last_dropped=last_dropped,
+            added=added,
+        )
+
+    async def write(self, account: str, upserts: Iterable[TrackedRoom],
+                    deletes: Iterable[aioxmpp.JID]) -> None:
+        """Apply upserts and deletes for `account` in one durable transaction."""
+        rows = [_room_row(account, rec) for rec in upserts]
+        gone = [(account, str(jid)) for jid in deletes]
+        async with self._lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if rows:
+                        await self._conn.executemany(_UPSERT, rows)
+                    if gone:
+                        await self._conn.executemany(
+                            "DELETE FROM rooms WHERE account = ? AND room = ?", gone)
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        await self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write store {self.path!r}: {exc}") from exc
+            self.transactions += 1
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+class StoreWriter:
+    """Coalesces changes to one account's rooms into few durable transactions.
+
+    The guard marks records dirty as events happen and awaits :meth:`flush`
+    where durability matters (join, leave). When a write fails (disk full, file
+    read-only) the changes stay pending and are retried later: the guard keeps
+    guarding from memory meanwhile, and nothing already stored is lost.
+    """
+
+    RETRY_DELAY = 5.0
+
+    def __init__(self, store: Store, account: str) -> None:
+        self.store = store
+        self.account = account
+        self._dirty: dict[aioxmpp.JID, TrackedRoom] = {}
+        self._deleted: set[aioxmpp.JID] = set()
+        self._lock = asyncio.Lock()
+        self._retry: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.failed = False
+
+    def mark(self, rec: TrackedRoom) -> None:
+        self._deleted.discard(rec.jid)
+        self._dirty[rec.jid] = rec
+        self._kick()
+
+    def mark_deleted(self, jid: aioxmpp.JID) -> None:
+        self._dirty.pop(jid, None)
+        self._deleted.add(jid)
+        self._kick()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._dirty or self._deleted)
+
+    def _kick(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._background_flush())
+
+    async def _background_flush(self) -> None:
+        try:
+            await self.flush()
+        except StoreError:
+            pass  # logged in flush(); retried by the timer
+
+    async def flush(self) -> None:
+        """Write everything pending; raises :class:`StoreError` if that fails."""
+        async with self._lock:
+            if not self.pending:
+                return
+            dirty, deleted = self._dirty, self._deleted
+            self._dirty, self._deleted = {}, set()
+            try:
+                await self.store.write(self.account, dirty.values(), deleted)
+            except BaseException as exc:
+                # Put back what newer changes have not superseded.
+                for jid, rec in dirty.items():
+                    if jid not in self._deleted:
+                        self._dirty.setdefault(jid, rec)
+                for jid in deleted:
+                    if jid not in self._dirty:
+                        self._deleted.add(jid)
+                if isinstance(exc, StoreError):
+                    if not self.failed:
+                        logger.warning("%s; keeping %d change(s) in memory and retrying",
+                                       exc, len(dirty) + len(deleted))
+                    self.failed = True
+                    self._schedule_retry()
+                raise
+            if self.failed:
+                logger.warning("store %r writable again", self.store.path)
+                self.failed = False
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(
+                self.RETRY_DELAY, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._kick()
+
+    async def close(self) -> None:
+        """Flush what can be flushed and stop retrying."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._task is not None and not self._task.done():
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self.flush()
+        except StoreError:
+            logger.error("store %r: %d change(s) could not be written before closing",
+                         self.store.path, len(self._dirty) + len(self._deleted))

@@ -1,0 +1,43 @@
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    (HERE / "muc_guard" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="muc_guard",
+    version=VERSION,
+    description="Keep aioxmpp clients really inside their XEP-0045 MUC rooms: "
+                "drop detection, self-ping, automatic rejoin, persistent state.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["muc_guard", "muc_guard.*"]),
+    package_data={"muc_guard": ["py.typed"]},
+    python_requires=">=3.11",
+    install_requires=[
+        # On Python 3.13 aioxmpp's lxml~=4.0 pin cannot build: see README,
+        # "Installing on Python 3.13".
+        "aioxmpp>=0.13,<0.14",
+        "aiosqlite>=0.20",
+        "pytz",            # imported by aioxmpp, not declared by it
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-asyncio>=1.0",
+            "hypothesis>=6",
+        ],
+    },
+    classifiers=[
+        "Framework :: AsyncIO",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Communications :: Chat",
+        "Typing :: Typed",
+    ],
+)

@@ -1,0 +1,231 @@
+"""The guard on a real aioxmpp client that never connects, fed literal stanzas.
+
+The stanzas go through the client's inbound path (the stream's filter chains,
+then MUCClient), exactly where a server's stanzas would go. Joins complete
+when the test feeds the room's self-presence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aioxmpp
+import pytest
+
+import muc_guard
+from muc_guard import Cause, State
+from stanzas import parse, self_available, self_unavailable
+
+ROOM = "room@conference.localhost"
+ROOM_JID = aioxmpp.JID.fromstr(ROOM)
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.client = aioxmpp.Client(aioxmpp.JID.fromstr("bot@localhost/r"),
+                                     aioxmpp.make_security_layer("unused"))
+        self.guard = self.client.summon(muc_guard.MUCGuard)
+        self.muc = self.client.summon(aioxmpp.MUCClient)
+        self.events: list[tuple] = []
+        self.guard.on_dropped.connect(lambda j, c: self.events.append(("dropped", j, c)))
+        self.guard.on_rejoined.connect(lambda j, r: self.events.append(("rejoined", j, r)))
+        self.guard.on_gave_up.connect(lambda j, c: self.events.append(("gave_up", j, c)))
+        self.guard._guard._stream_up.set()   # as if the stream were established
+
+    def feed(self, xml: str) -> None:
+        self.client.stream._process_incoming_presence(parse(xml))
+
+    async def settle(self) -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def joined(self, nick: str = "bot", *codes: int) -> aioxmpp.muc.Room:
+        join = asyncio.ensure_future(self.guard.join(ROOM, "bot"))
+        await self.settle()
+        self.feed(self_available(ROOM, nick, *codes))
+        return await asyncio.wait_for(join, 1)
+
+    def state(self) -> muc_guard.RoomInfo:
+        info = self.guard.room_info(ROOM)
+        assert info is not None
+        return info
+
+
+@pytest.fixture
+async def h():
+    harness = Harness()
+    yield harness
+    await harness.guard.shutdown()
+
+
+async def test_joins_when_the_room_answers(h):
+    room = await h.joined()
+    info = h.state()
+    assert (info.state, info.nick, info.drops, info.room) == (State.JOINED, "bot", 0, room)
+    assert h.events == []
+
+
+async def test_assigned_nick_210_is_the_nick_we_hold(h):
+    await h.joined("bot_rewritten", 210)
+    assert (h.state().nick, h.state().requested_nick) == ("bot_rewritten", "bot")
+
+
+@pytest.mark.parametrize("codes, cause", [
+    ((110, 333), Cause.SERVER_ERROR),
+    ((110, 307, 333), Cause.SERVER_ERROR),
+    ((110, 330), Cause.REMOTE_LOST),
+    ((110,), Cause.UNEXPLAINED),
+])
+async def test_technical_removal_drops_and_rejoins_at_once(h, codes, cause):
+    old = await h.joined()
+    h.feed(self_unavailable(ROOM, "bot", *codes))
+    await h.settle()
+    assert h.events == [("dropped", ROOM_JID, cause)]
+    assert h.state().state is State.REJOINING
+    assert h.muc.get_muc(ROOM_JID) is not old          # a fresh join is pending
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    kind, jid, new = h.events[-1]
+    assert (kind, jid) == ("rejoined", ROOM_JID) and new is not old
+    info = h.state()
+    assert (info.state, info.drops, info.last_cause, info.room) == (State.JOINED, 1, cause, new)
+
+
+@pytest.mark.parametrize("codes, destroy, cause", [
+    ((110, 307), False, Cause.KICKED),
+    ((110, 301), False, Cause.BANNED),
+    ((110, 301, 333), False, Cause.BANNED),
+    ((110, 321), False, Cause.AFFILIATION),
+    ((110, 322, 333), False, Cause.MEMBERS_ONLY),
+    ((110,), True, Cause.DESTROYED),
+])
+async def test_the_rooms_will_gives_up_without_a_join(h, codes, destroy, cause):
+    await h.joined()
+    h.feed(self_unavailable(ROOM, "bot", *codes, destroy=destroy))
+    await h.settle()
+    assert h.events == [("dropped", ROOM_JID, cause), ("gave_up", ROOM_JID, cause)]
+    info = h.state()
+    assert (info.state, info.drops, info.last_cause) == (State.GAVE_UP, 1, cause)
+    with pytest.raises(KeyError):
+        h.muc.get_muc(ROOM_JID)                        # no join was attempted
+
+
+async def test_nick_change_303_is_not_a_drop_and_is_followed(h):
+    await h.joined()
+    h.feed(self_unavailable(ROOM, "bot", 110, 303).replace(
+        "<item affiliation='none' role='none'/>",
+        "<item affiliation='none' role='participant' nick='bot2'/>"))
+    h.feed(self_available(ROOM, "bot2"))
+    await h.settle()
+    assert h.events == []
+    assert (h.state().state, h.state().nick) == (State.JOINED, "bot2")
+
+
+@pytest.mark.parametrize("xml", [
+    # another account's directed presence claiming 110+333
+    self_unavailable(ROOM, "bot", 110, 333).replace(f"from='{ROOM}/bot'",
+                                                    "from='mallory@localhost/x'"),
+    # the tracked room's name on another domain
+    self_unavailable("room@evil.example", "bot", 110, 333),
+    # another occupant of our room claiming to be us
+    self_unavailable(ROOM, "someone", 110, 333),
+    # 110 from a room we never joined
+    self_unavailable("never@conference.localhost", "bot", 110, 333),
+    # the room's bare JID
+    self_unavailable(ROOM, "bot", 110, 333).replace(f"from='{ROOM}/bot'", f"from='{ROOM}'"),
+    # no from at all
+    self_unavailable(ROOM, "bot", 110, 333).replace(f"from='{ROOM}/bot' ", ""),
+])
+async def test_presences_not_from_our_occupant_jid_are_ignored(h, xml):
+    await h.joined()
+    h.feed(xml)
+    await h.settle()
+    assert h.events == []
+    assert h.state().state is State.JOINED
+
+
+async def test_own_leave_fires_nothing_and_forgets(h):
+    room = await h.joined()
+    leaving = asyncio.ensure_future(h.guard.leave(ROOM))
+    await h.settle()
+    h.feed(self_unavailable(ROOM, "bot", 110))        # the room confirms
+    await asyncio.wait_for(leaving, 1)
+    assert h.events == [] and h.guard.rooms() == []
+    assert not room.muc_joined
+
+
+async def test_leave_of_an_unknown_room_is_a_no_op(h):
+    await h.guard.leave("nowhere@conference.localhost")
+
+
+async def test_permanent_error_on_join_raises_and_is_not_kept(h):
+    join = asyncio.ensure_future(h.guard.join(ROOM, "bot"))
+    await h.settle()
+    h.feed(f"<presence from='{ROOM}/bot' type='error'><x xmlns='http://jabber.org/protocol/muc'/>"
+           "<error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+           "</presence>")
+    with pytest.raises(aioxmpp.errors.XMPPAuthError):
+        await asyncio.wait_for(join, 1)
+    assert h.guard.rooms() == []
+
+
+async def test_cancelling_join_keeps_the_room_wanted(h):
+    join = asyncio.ensure_future(h.guard.join(ROOM, "bot"))
+    await h.settle()
+    join.cancel()
+    await h.settle()
+    assert h.state().state is State.JOINING
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    assert h.state().state is State.JOINED
+
+
+@pytest.mark.parametrize("bad", ["", "not a jid@@", "room@conference.localhost/nick",
+                                 "conference.localhost"])
+async def test_bad_room_jids_are_refused_clearly(h, bad):
+    with pytest.raises(ValueError):
+        await h.guard.join(bad, "bot")
+
+
+async def test_a_raising_listener_does_not_break_the_guard(h):
+    def boom(*args):
+        raise RuntimeError("user bug")
+    h.guard.on_dropped.connect(boom)
+    await h.joined()
+    h.feed(self_unavailable(ROOM, "bot", 110, 333))
+    await h.settle()
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    assert [e[0] for e in h.events] == ["dropped", "rejoined"]
+    assert h.state().state is State.JOINED
+
+
+async def test_mixin_in_a_users_own_service_behaves_the_same():
+    from userservice.bot import EchoService
+    client = aioxmpp.Client(aioxmpp.JID.fromstr("bot@localhost/r"),
+                            aioxmpp.make_security_layer("unused"))
+    svc = client.summon(EchoService)
+    svc._guard._stream_up.set()
+    dropped = []
+    svc.on_dropped.connect(lambda j, c: dropped.append(c))
+    join = asyncio.ensure_future(svc.join(ROOM, "bot"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    client.stream._process_incoming_presence(parse(self_available(ROOM, "bot")))
+    await asyncio.wait_for(join, 1)
+    client.stream._process_incoming_presence(parse(self_unavailable(ROOM, "bot", 110, 332)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert dropped == [Cause.SERVICE_SHUTDOWN]
+    assert svc.room_info(ROOM).state is State.REJOINING
+    assert svc.own_events == ["dropped"]          # the user's own handler ran too
+    await svc.shutdown()
+    assert svc.shut_down_own
+
+
+async def test_mixin_without_mucclient_dependency_is_a_clear_error():
+    from userservice.bot import Forgetful
+    client = aioxmpp.Client(aioxmpp.JID.fromstr("bot@localhost/r"),
+                            aioxmpp.make_security_layer("unused"))
+    with pytest.raises(TypeError, match="ORDER_AFTER"):
+        client.summon(Forgetful)

@@ -1,0 +1,155 @@
+"""The SQLite store: creation, round trips, accounts, and files it must refuse."""
+
+import os
+import sqlite3
+import stat
+import time
+
+import aioxmpp
+import pytest
+
+from muc_guard import Cause, State, StoreError
+from muc_guard.rooms import TrackedRoom
+from muc_guard.store import APPLICATION_ID, SCHEMA_VERSION, Store, StoreWriter
+
+ROOM = aioxmpp.JID.fromstr("room@conference.localhost")
+OTHER = aioxmpp.JID.fromstr("other@conference.localhost")
+
+
+def tracked(jid=ROOM, **kw) -> TrackedRoom:
+    defaults = dict(requested_nick="bot", nick="bot", added=time.time())
+    defaults.update(kw)
+    return TrackedRoom(jid=jid, **defaults)
+
+
+async def assert_refused_untouched(path, match: str) -> None:
+    """Opening `path` raises a StoreError naming it, and leaves it byte for byte."""
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=match) as info:
+        await Store.open(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == before
+
+
+async def test_new_store_is_private_wal_and_versioned(tmp_path):
+    path = tmp_path / "bot.db"
+    store = await Store.open(path)
+    await store.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+async def test_rooms_round_trip_with_every_field(tmp_path):
+    store = await Store.open(tmp_path / "bot.db")
+    rec = tracked(nick="bot_assigned", password="s3cret 'quoted' ünï", drops=3,
+                  last_cause=Cause.SERVER_ERROR, last_joined=1.5, last_dropped=2.5)
+    gone = tracked(OTHER, state=State.GAVE_UP, last_cause=Cause.BANNED)
+    await store.write("bot@localhost", [rec, gone], [])
+    await store.close()
+
+    store = await Store.open(tmp_path / "bot.db")
+    loaded = {r.jid: r for r in await store.load_rooms("bot@localhost")}
+    await store.close()
+    back = loaded[ROOM]
+    assert (back.requested_nick, back.nick, back.password) == (
+        "bot", "bot_assigned", "s3cret 'quoted' ünï")
+    assert (back.state, back.drops, back.last_cause) == (State.JOINING, 3, Cause.SERVER_ERROR)
+    assert (back.last_joined, back.last_dropped) == (1.5, 2.5)
+    assert loaded[OTHER].state is State.GAVE_UP
+    assert loaded[OTHER].last_cause is Cause.BANNED
+
+
+async def test_accounts_do_not_mix(tmp_path):
+    store = await Store.open(tmp_path / "bot.db")
+    await store.write("a@localhost", [tracked(nick="a")], [])
+    await store.write("b@localhost", [tracked(nick="b"), tracked(OTHER, nick="b")], [])
+    await store.write("a@localhost", [], [OTHER])   # deleting in a must not touch b
+    assert [r.nick for r in await store.load_rooms("a@localhost")] == ["a"]
+    assert sorted(r.nick for r in await store.load_rooms("b@localhost")) == ["b", "b"]
+    assert await store.load_rooms("c@localhost") == []
+    await store.close()
+
+
+async def test_foreign_sqlite_file_is_refused_and_untouched(tmp_path):
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (t TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('precious')")
+    conn.commit()
+    conn.close()
+    await assert_refused_untouched(path, "other program")
+
+
+async def test_non_database_file_is_refused_and_untouched(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("this is not a database\n" * 100)
+    await assert_refused_untouched(path, "not a SQLite database")
+
+
+async def test_corrupt_store_is_refused_and_untouched(tmp_path):
+    path = tmp_path / "bot.db"
+    store = await Store.open(path)
+    await store.write("bot@localhost", [tracked(jid=aioxmpp.JID.fromstr(f"r{i}@c.localhost"))
+                                        for i in range(200)], [])
+    await store.close()
+    data = bytearray(path.read_bytes())
+    for offset in range(4096, len(data), 97):   # keep the header, smash the pages
+        data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    await assert_refused_untouched(path, "corrupt")
+
+
+async def test_store_from_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "bot.db"
+    store = await Store.open(path)
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    await assert_refused_untouched(path, "newer")
+
+
+async def test_unreadable_row_is_skipped_but_kept(tmp_path, caplog):
+    path = tmp_path / "bot.db"
+    store = await Store.open(path)
+    await store.write("bot@localhost", [tracked()], [])
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO rooms (account, room, requested_nick, nick, wanted, added, "
+                 "last_cause) VALUES ('bot@localhost', 'not a jid@@/', 'x', 'x', 1, 0, NULL),"
+                 " ('bot@localhost', 'r2@c.localhost', 'x', 'x', 1, 0, 'no-such-cause')")
+    conn.commit()
+    conn.close()
+    store = await Store.open(path)
+    rooms = await store.load_rooms("bot@localhost")
+    await store.close()
+    assert [r.jid for r in rooms] == [ROOM]
+    assert "skipping unreadable row" in caplog.text
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM rooms").fetchone()[0] == 3
+    conn.close()
+
+
+async def test_writer_keeps_changes_while_the_file_is_read_only(tmp_path, caplog):
+    # SQLite's own read-only switch: file modes do not stop root.
+    path = tmp_path / "bot.db"
+    store = await Store.open(path)
+    writer = StoreWriter(store, "bot@localhost")
+    writer.RETRY_DELAY = 0.05
+    await store._conn.execute("PRAGMA query_only = ON")   # every write now fails
+    writer.mark(tracked(drops=1))
+    with pytest.raises(StoreError):
+        await writer.flush()
+    assert writer.pending and writer.failed
+    assert "keeping 1 change(s) in memory" in caplog.text
+    await store._conn.execute("PRAGMA query_only = OFF")
+    await writer.flush()
+    assert not writer.pending and not writer.failed
+    assert [r.drops for r in await store.load_rooms("bot@localhost")] == [1]
+    await writer.close()
+    await store.close()
