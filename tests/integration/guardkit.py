@@ -1,0 +1,86 @@
+"""A guarded bot for integration tests: client + MUCGuard + timestamped events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aioxmpp
+
+import muc_guard
+from prosody import ProsodyServer, connected, stop_client
+
+
+class Bot:
+    """One account's client with a summoned guard; records every guard signal."""
+
+    def __init__(self, make_client: Any, jid: aioxmpp.JID, password: str,
+                 server: ProsodyServer | None = None, resource: str = "bot") -> None:
+        self.client = make_client(jid.replace(resource=resource), password, server=server)
+        self.guard: muc_guard.MUCGuard = self.client.summon(muc_guard.MUCGuard)
+        self.events: list[tuple[float, str, aioxmpp.JID, Any]] = []
+        self._changed = asyncio.Event()
+        for kind in ("dropped", "rejoined", "gave_up"):
+            getattr(self.guard, f"on_{kind}").connect(self._recorder(kind))
+
+    def _recorder(self, kind: str):
+        def record(jid: aioxmpp.JID, arg: Any) -> None:
+            self.events.append((time.monotonic(), kind, jid, arg))
+            self._changed.set()
+        return record
+
+    async def start(self) -> "Bot":
+        await connected(self.client)
+        return self
+
+    async def stop(self) -> None:
+        await self.guard.shutdown()
+        await stop_client(self.client)
+
+    def kinds(self, jid: aioxmpp.JID | None = None) -> list[str]:
+        return [kind for _, kind, j, _ in self.events if jid is None or j == jid]
+
+    async def wait_event(self, kind: str, jid: aioxmpp.JID, *, after: int = 0,
+                         timeout: float = 15.0) -> tuple[float, Any]:
+        """Wait for the first `kind` event for `jid` at index >= `after`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for t, k, j, arg in self.events[after:]:
+                if k == kind and j == jid:
+                    return t, arg
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {kind} for {jid} within {timeout} s; events: "
+                                     f"{[(k, str(j), a) for _, k, j, a in self.events]}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    def info(self, jid: aioxmpp.JID) -> muc_guard.RoomInfo:
+        info = self.guard.room_info(jid)
+        assert info is not None, f"{jid} not tracked"
+        return info
+
+
+async def occupant_nicks_of(server: ProsodyServer, room: aioxmpp.JID,
+                            account: aioxmpp.JID) -> list[str]:
+    """Nicks the server's room holds for `account` (any of its sessions)."""
+    occupants = await server.occupants(room)
+    prefix = str(account.bare())
+    return sorted(nick for nick, jids in occupants.items()
+                  if any(j.split("/")[0] == prefix for j in jids))
+
+
+async def eventually(predicate, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll an async predicate until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(interval)
