@@ -39,6 +39,7 @@ listener is disconnected for good, so every entry point catches and logs.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import logging
 import time
@@ -50,6 +51,7 @@ import aioxmpp.errors
 import aioxmpp.muc
 import aioxmpp.ping
 
+from .continuity import DIGEST_TOLERANCE, RoomStream
 from .policy import (
     Cause,
     Decision,
@@ -377,9 +379,32 @@ class GuardEngine:
                     self._ping_soon(rec)
                 else:
                     self._saw_traffic(rec)
+                    if message.type_ == aioxmpp.MessageType.GROUPCHAT and message.body:
+                        self._offer(rec, message)
         except Exception:
             logger.exception("muc_guard: cannot inspect message %r (ignored)", message)
         return message
+
+    def _stream(self, rec: TrackedRoom) -> RoomStream:
+        if rec.stream is None:
+            rec.stream = RoomStream(rec.jid, rec.position)
+        return rec.stream
+
+    def _offer(self, rec: TrackedRoom, message: aioxmpp.Message,
+               archive_id: str | None = None, stamp: float | None = None) -> None:
+        """Deliver `message` through on_message unless it was delivered before."""
+        stream = self._stream(rec)
+        if stream.recovering and archive_id is None:
+            stream.buffer.append(message)      # after what the archive returns
+            return
+        if not stream.accept(message, now=time.time(), archive_id=archive_id, stamp=stamp):
+            return
+        rec.position = stream.position
+        if self._writer is not None:
+            self._writer.mark(rec, lazy=True)
+        recovered = archive_id is not None or bool(message.xep0203_delay)
+        own = message.from_ is not None and message.from_.resource == rec.nick
+        self._owner.on_message(rec.jid, message, recovered=recovered, own=own)
 
     def _saw_traffic(self, rec: TrackedRoom) -> None:
         rec.last_traffic = asyncio.get_running_loop().time()
@@ -649,13 +674,17 @@ class GuardEngine:
                 raise _ExitedDuringJoin()   # removed again before the join completed
             return room
 
-    def _history_for(self, rec: TrackedRoom) -> aioxmpp.muc.xso.History | None:
-        """Ask only for what we missed since the last stanza seen from the room."""
-        if not rec.last_traffic:
-            return None
-        loop = asyncio.get_running_loop()
-        missed = max(loop.time() - rec.last_traffic, 0.0) + 1.0
-        return aioxmpp.muc.xso.History(seconds=int(missed) + 1)
+    @staticmethod
+    def _history_for(rec: TrackedRoom) -> aioxmpp.muc.xso.History:
+        """Ask for what we missed since the last delivered message, or, on a
+        first join, for nothing: a bot has missed nothing before it joined."""
+        last_ts = rec.position.last_ts
+        if last_ts is None:
+            return aioxmpp.muc.xso.History(maxchars=0, maxstanzas=0)
+        # A little earlier than our own stamp: clocks differ; dedup drops repeats.
+        since = datetime.datetime.fromtimestamp(last_ts - DIGEST_TOLERANCE,
+                                                tz=datetime.timezone.utc)
+        return aioxmpp.muc.xso.History(since=since)
 
     def _joined(self, rec: TrackedRoom, room: aioxmpp.muc.Room) -> None:
         rec.room = room
@@ -688,7 +717,6 @@ class GuardEngine:
         if monitor is None:
             return
         try:
-            import datetime
             monitor.soft_timeout = datetime.timedelta(seconds=_NEVER)
             monitor.hard_timeout = datetime.timedelta(seconds=_NEVER)
         except Exception:  # pragma: no cover - a future aioxmpp may differ

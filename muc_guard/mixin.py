@@ -52,6 +52,9 @@ class GuardMixin:
     on_rejoined = aioxmpp.callbacks.Signal()
     #: ``on_gave_up(room_jid, cause)``: the guard will not rejoin on its own.
     on_gave_up = aioxmpp.callbacks.Signal()
+    #: ``on_message(room_jid, message, *, recovered, own)``: every groupchat
+    #: message of a tracked room, once, whichever Room object it came through.
+    on_message = aioxmpp.callbacks.Signal()
 
     def __init__(self, client: aioxmpp.Client, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)  # type: ignore[call-arg]

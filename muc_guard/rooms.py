@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import aioxmpp
 
+from .continuity import Position, RoomStream
 from .policy import Cause
 from .selfping import PingJudge
 
@@ -73,8 +74,11 @@ class TrackedRoom:
     last_joined: float | None = None
     last_dropped: float | None = None
     added: float | None = None
+    #: the last message delivered by on_message (persisted, lazily)
+    position: Position = dataclasses.field(default_factory=Position)
 
     # --- runtime only ---
+    stream: RoomStream | None = None
     room: Any = None                  #: the aioxmpp Room while joined or joining
     #: loop time of the last stanza from the room (proof of membership)
     last_traffic: float = 0.0

@@ -44,6 +44,7 @@ from typing import Any
 import aiosqlite
 import aioxmpp
 
+from .continuity import Position, recent_from_json, recent_to_json
 from .policy import Cause
 from .rooms import State, TrackedRoom
 
@@ -53,7 +54,7 @@ logger = logging.getLogger("muc_guard.store")
 
 #: "MUCG": marks a SQLite file as a muc_guard store.
 APPLICATION_ID = 0x4D554347
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 #: MIGRATIONS[n] brings a store from user_version n to n + 1.
@@ -74,18 +75,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (account, room)
         ) WITHOUT ROWID""",
     ),
+    (   # 2: the position of the last delivered message (the continuity stream)
+        "ALTER TABLE rooms ADD COLUMN last_id TEXT",
+        "ALTER TABLE rooms ADD COLUMN last_ts REAL",
+        "ALTER TABLE rooms ADD COLUMN recent TEXT",
+    ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 _UPSERT = """
 INSERT INTO rooms (account, room, requested_nick, nick, password, wanted, drops,
-                   last_cause, last_joined, last_dropped, added)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   last_cause, last_joined, last_dropped, added, last_id, last_ts, recent)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (account, room) DO UPDATE SET
     requested_nick = excluded.requested_nick, nick = excluded.nick,
     password = excluded.password, wanted = excluded.wanted, drops = excluded.drops,
     last_cause = excluded.last_cause, last_joined = excluded.last_joined,
-    last_dropped = excluded.last_dropped
+    last_dropped = excluded.last_dropped, last_id = excluded.last_id,
+    last_ts = excluded.last_ts, recent = excluded.recent
 """
 
 
@@ -100,6 +107,8 @@ def _room_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
         rec.last_cause.value if rec.last_cause is not None else None,
         rec.last_joined, rec.last_dropped,
         rec.added if rec.added is not None else time.time(),
+        rec.position.last_id, rec.position.last_ts,
+        recent_to_json(rec.stream.recent() if rec.stream is not None else rec.position.recent),
     )
 
 
@@ -213,7 +222,8 @@ class Store:
         rooms = []
         async with self._conn.execute(
             "SELECT room, requested_nick, nick, password, wanted, drops, last_cause, "
-            "last_joined, last_dropped, added FROM rooms WHERE account = ? ORDER BY added",
+            "last_joined, last_dropped, added, last_id, last_ts, recent FROM rooms "
+            "WHERE account = ? ORDER BY added",
             (account,),
         ) as cur:
             async for row in cur:
@@ -227,7 +237,7 @@ class Store:
     @staticmethod
     def _room_from_row(row: tuple[Any, ...]) -> TrackedRoom:
         (room, requested_nick, nick, password, wanted, drops, last_cause,
-         last_joined, last_dropped, added) = row
+         last_joined, last_dropped, added, last_id, last_ts, recent) = row
         jid = aioxmpp.JID.fromstr(room)
         if not jid.is_bare or not jid.localpart:
             raise ValueError(f"not a bare room JID: {room!r}")
@@ -244,6 +254,7 @@ class Store:
             last_joined=last_joined,
             last_dropped=last_dropped,
             added=added,
+            position=Position(last_id, last_ts, recent_from_json(recent)),
         )
 
     async def write(self, account: str, upserts: Iterable[TrackedRoom],
@@ -283,6 +294,8 @@ class StoreWriter:
     """
 
     RETRY_DELAY = 5.0
+    #: lazy changes (message positions) wait at most this long to be written
+    LAZY_DELAY = 1.0
 
     def __init__(self, store: Store, account: str) -> None:
         self.store = store
@@ -292,11 +305,20 @@ class StoreWriter:
         self._lock = asyncio.Lock()
         self._retry: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._lazy: asyncio.TimerHandle | None = None
         self.failed = False
 
-    def mark(self, rec: TrackedRoom) -> None:
+    def mark(self, rec: TrackedRoom, *, lazy: bool = False) -> None:
+        """Note a changed record; `lazy` ones are batched for up to LAZY_DELAY s."""
         self._deleted.discard(rec.jid)
         self._dirty[rec.jid] = rec
+        if not lazy:
+            self._kick()
+        elif self._lazy is None and self._retry is None:
+            self._lazy = asyncio.get_running_loop().call_later(self.LAZY_DELAY, self._lazy_due)
+
+    def _lazy_due(self) -> None:
+        self._lazy = None
         self._kick()
 
     def mark_deleted(self, jid: aioxmpp.JID) -> None:
@@ -357,6 +379,9 @@ class StoreWriter:
 
     async def close(self) -> None:
         """Flush what can be flushed and stop retrying."""
+        if self._lazy is not None:
+            self._lazy.cancel()
+            self._lazy = None
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None

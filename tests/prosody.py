@@ -740,6 +740,7 @@ class ProsodyServer:
     async def create_room(
         self, room, *, persistent: bool = True, members_only: bool = False,
         mam: bool | None = None, public_jids: bool | None = None,
+        history_length: int | None = None,
     ) -> bool:
         """Create (or reconfigure) a room server-side; it has no owner, so
         joining users are plain participants.  True if it was created."""
@@ -748,6 +749,8 @@ class ProsodyServer:
             options["mam"] = mam
         if public_jids is not None:
             options["whois"] = "anyone" if public_jids else "moderators"
+        if history_length is not None:
+            options["history_length"] = history_length
         return await self.call("create_room", self._room(room), options)
 
     async def drop_room(self, room) -> bool:

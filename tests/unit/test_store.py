@@ -153,3 +153,52 @@ async def test_writer_keeps_changes_while_the_file_is_read_only(tmp_path, caplog
     assert [r.drops for r in await store.load_rooms("bot@localhost")] == [1]
     await writer.close()
     await store.close()
+
+
+async def test_version_1_store_is_migrated_and_keeps_its_rows(tmp_path):
+    from muc_guard.store import MIGRATIONS
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for sql in MIGRATIONS[0]:
+        conn.execute(sql)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO rooms (account, room, requested_nick, nick, wanted, drops, added)"
+                 " VALUES ('bot@localhost', ?, 'bot', 'bot_', 1, 4, 0)", (str(ROOM),))
+    conn.commit()
+    conn.close()
+    store = await Store.open(path)
+    [rec] = await store.load_rooms("bot@localhost")
+    assert (rec.nick, rec.drops, rec.position.last_id, rec.position.last_ts) == (
+        "bot_", 4, None, None)
+    await store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+async def test_message_positions_round_trip(tmp_path):
+    from muc_guard.continuity import Position
+    store = await Store.open(tmp_path / "bot.db")
+    await store.write("bot@localhost", [tracked(position=Position("abc-123", 1700000000.25))], [])
+    [rec] = await store.load_rooms("bot@localhost")
+    assert rec.position == Position("abc-123", 1700000000.25)
+    await store.close()
+
+
+async def test_lazy_marks_are_batched_into_one_transaction(tmp_path):
+    store = await Store.open(tmp_path / "bot.db")
+    writer = StoreWriter(store, "bot@localhost")
+    writer.LAZY_DELAY = 0.2
+    recs = [tracked(jid=aioxmpp.JID.fromstr(f"r{i}@c.localhost")) for i in range(50)]
+    for _ in range(20):                         # 1,000 position updates
+        for rec in recs:
+            writer.mark(rec, lazy=True)
+    import asyncio
+    await asyncio.sleep(0.1)
+    assert store.transactions == 0              # nothing written before the delay
+    await asyncio.sleep(0.3)
+    assert store.transactions == 1
+    assert len(await store.load_rooms("bot@localhost")) == 50
+    await writer.close()
+    await store.close()

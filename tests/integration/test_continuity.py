@@ -1,0 +1,118 @@
+"""No message lost: one stable on_message stream across drops and restarts.
+
+Another account talks in the room while the bot is out (dropped silently,
+kicked with 333 and kept out by refused joins, or restarted). Afterwards the
+bot's on_message must have delivered every message exactly once, in order,
+with `recovered` set on those that came back through room history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aioxmpp
+import pytest
+
+from guardkit import Bot, eventually, occupant_nicks_of
+from prosody import connected
+
+pytestmark = pytest.mark.integration
+
+N = 200
+
+
+def groupchat(text: str) -> aioxmpp.Message:
+    msg = aioxmpp.Message(type_=aioxmpp.MessageType.GROUPCHAT)
+    msg.body[None] = text
+    return msg
+
+
+class Inbox:
+    """What a bot's on_message delivered: (body, recovered, own)."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.items: list[tuple[str, bool, bool]] = []
+        bot.guard.on_message.connect(self.record)
+
+    def record(self, room_jid, message, *, recovered, own):
+        self.items.append((message.body.any(), recovered, own))
+
+    def bodies(self) -> list[str]:
+        return [body for body, _, _ in self.items]
+
+
+async def send_all(room, texts, pause: float = 0.0):
+    for text in texts:
+        await room.send_message(groupchat(text))
+        if pause:
+            await asyncio.sleep(pause)
+
+
+@pytest.mark.parametrize("how", ["silent", "kick333", "restart"])
+async def test_every_message_once_in_order_across_a_drop(how, prosody, make_client, account,
+                                                         room_jid, tmp_path):
+    await prosody.create_room(room_jid, history_length=N + 50)
+    db = tmp_path / "bot.db"
+    bot_jid, bot_pw = account("bot")
+    bot = Bot(make_client, bot_jid, bot_pw)
+    bot.guard.ping_idle = 1.0
+    await bot.guard.open_store(db)
+    inbox = Inbox(bot)
+    await bot.start()
+    await bot.guard.join(room_jid, "bot")
+
+    talker_jid, talker_pw = account("talker")
+    talker = make_client(talker_jid.replace(resource="t"), talker_pw)
+    muc = talker.summon(aioxmpp.MUCClient)
+    await connected(talker)
+    room, fut = muc.join(room_jid, "talker", autorejoin=False)
+    await fut
+
+    before = [f"before {i}" for i in range(5)]
+    missed = [f"missed {i}" for i in range(N)]
+    after = [f"after {i}" for i in range(5)]
+    await send_all(room, before)
+    assert await eventually(lambda: _count(inbox, 5))
+
+    if how == "silent":
+        await prosody.silent_remove(room_jid, "bot")
+        await send_all(room, missed)
+        await bot.wait_event("rejoined", room_jid, timeout=15)
+    elif how == "kick333":
+        await prosody.refuse_joins(room_jid, "remote-server-timeout", "wait")
+        await prosody.kick_with_codes(room_jid, "bot", [333])
+        await bot.wait_event("dropped", room_jid)
+        await send_all(room, missed)
+        await prosody.clear_refusals(room_jid)
+        await bot.wait_event("rejoined", room_jid, timeout=30)
+    else:
+        await bot.stop()
+        assert await eventually(lambda: _gone(prosody, room_jid, bot_jid))
+        await send_all(room, missed)
+        bot = Bot(make_client, bot_jid, bot_pw)
+        await bot.guard.open_store(db)
+        restarted = Inbox(bot)
+        restarted.items = inbox.items           # one list across both processes
+        inbox = restarted
+        await bot.start()
+        await bot.wait_event("rejoined", room_jid, timeout=15)
+
+    await send_all(room, after)
+    expected = before + missed + after
+    assert await eventually(lambda: _count(inbox, len(expected)), timeout=15)
+    await asyncio.sleep(0.5)                     # anything extra would show up now
+    assert inbox.bodies() == expected            # each once, in order
+    recovered = [body for body, rec, _ in inbox.items if rec]
+    assert recovered, "nothing came back through history"
+    assert set(recovered) <= set(missed)
+    assert all(not rec for body, rec, _ in inbox.items if body in before + after)
+    assert not any(own for _, _, own in inbox.items)
+    await bot.stop()
+
+
+async def _count(inbox: Inbox, n: int) -> bool:
+    return len(inbox.items) >= n
+
+
+async def _gone(server, room, jid) -> bool:
+    return await occupant_nicks_of(server, room, jid) == []
