@@ -150,6 +150,11 @@ def _check_nick(nick: str) -> str:
     return nick
 
 
+def default_fallback_nick(nick: str, attempt: int) -> str:
+    """``bot`` -> ``bot_``, ``bot__``, ...: one more underscore per attempt."""
+    return nick + "_" * attempt
+
+
 class GuardEngine:
     """Keeps one client in the rooms it wants. Owned by MUCGuard or GuardMixin."""
 
@@ -172,6 +177,16 @@ class GuardEngine:
         self.permanent_error_limit = 3
         self.max_concurrent_joins = 32
         self.backoff = Backoff(1.0, 60.0)
+        #: 409 on a rejoin: tries with our nick before falling back (it may be
+        #: our own ghost, which the server drops within seconds)
+        self.nick_conflict_retries = 2
+        self.max_fallback_nicks = 5
+        self.fallback_nick: Callable[[str, int], str] = default_fallback_nick
+        #: seconds between attempts to win back the nick a fallback replaced
+        self.nick_reclaim_interval = 60.0
+        #: come back with the resource stored for this account (see open_store)
+        self.stable_resource = True
+        self._stored_resource: str | None = None
 
         stream = client.stream
         self._connections = [
@@ -235,6 +250,7 @@ class GuardEngine:
             raise
         self._store = store
         self._writer = StoreWriter(store, self.account)
+        await self._adopt_stored_resource(store)
         for rec in self._rooms.values():   # join() before open_store: memory wins
             self._writer.mark(rec)
         restored = 0
@@ -249,6 +265,29 @@ class GuardEngine:
                 self._start_joining(rec, 0.0)
         logger.info("store %r opened for %s: %d room(s), %d to rejoin",
                     store.path, self.account, len(stored), restored)
+
+    async def _adopt_stored_resource(self, store: Store) -> None:
+        """Bind the resource this account had last time, so rooms (and a
+        hibernated ghost session) see the same occupant JID, not a new one.
+        Only for a client whose JID names no resource and is not connected."""
+        self._stored_resource = await store.load_resource(self.account)
+        client: Any = self.client
+        if (self.stable_resource and self._stored_resource
+                and client.local_jid.resource is None and not client.running):
+            # aioxmpp binds the resource of Client._local_jid; there is no setter.
+            client._local_jid = client.local_jid.replace(resource=self._stored_resource)
+            logger.info("%s: asking for stored resource %r", self.account,
+                        self._stored_resource)
+
+    async def _remember_resource(self) -> None:
+        resource = self.client.local_jid.resource
+        if self._store is None or not resource or resource == self._stored_resource:
+            return
+        try:
+            await self._store.save_resource(self.account, resource)
+            self._stored_resource = resource
+        except StoreError as exc:
+            logger.warning("%s", exc)
 
     async def join(self, room_jid: aioxmpp.JID | str, nick: str, *,
                    password: str | None = None) -> aioxmpp.muc.Room:
@@ -302,12 +341,15 @@ class GuardEngine:
             await self._persist_now(rec)
             return
         rec.nick_change_pending = True
+        rec.pending_nick = nick
         try:
             await rec.room.set_nick(nick)
         except BaseException:
             rec.nick_change_pending = False
+            rec.pending_nick = None
             raise
         rec.requested_nick = nick
+        rec.preferred_nick = None
         self._mark(rec)
 
     async def leave(self, room_jid: aioxmpp.JID | str) -> None:
@@ -415,8 +457,16 @@ class GuardEngine:
         if sender is None:
             return
         rec = self._rooms.get(sender.bare())
-        if rec is None or sender.is_bare or stanza.type_ == aioxmpp.PresenceType.ERROR:
-            return  # join errors reach the join attempt through MUCClient
+        if rec is None or sender.is_bare:
+            return
+        if stanza.type_ == aioxmpp.PresenceType.ERROR:
+            # Join errors reach the join attempt through MUCClient; this is
+            # about our own nick change being refused (e.g. 409).
+            if rec.nick_change_pending and sender.resource == rec.pending_nick:
+                logger.info("%s: nick %r refused", rec.jid, rec.pending_nick)
+                rec.nick_change_pending = False
+                rec.pending_nick = None
+            return
         if rec.state is not State.JOINED:
             return  # the join attempt in progress handles its own presences
         muc_user = stanza.xep0045_muc_user
@@ -436,6 +486,9 @@ class GuardEngine:
                         rec.jid)
         if NICK_CHANGE in codes:
             rec.nick_change_pending = True
+            items = muc_user.items if muc_user is not None else []
+            if items and items[0].nick:
+                rec.pending_nick = items[0].nick
             return
         destroyed = muc_user is not None and muc_user.destroy is not None
         cause = classify_removal(codes, destroyed=destroyed)
@@ -451,7 +504,39 @@ class GuardEngine:
         logger.info("%s: our nick is now %r", rec.jid, nick)
         rec.nick = nick
         rec.nick_change_pending = False
+        rec.pending_nick = None
+        if nick == rec.preferred_nick:
+            rec.preferred_nick = None
+            if rec.reclaim_timer is not None:
+                rec.reclaim_timer.cancel()
+                rec.reclaim_timer = None
         self._mark(rec)
+
+    def _arm_reclaim(self, rec: TrackedRoom) -> None:
+        if rec.preferred_nick is None or rec.reclaim_timer is not None:
+            return
+        rec.reclaim_timer = asyncio.get_running_loop().call_later(
+            self.nick_reclaim_interval, self._reclaim_due, rec)
+
+    @_never_raises
+    def _reclaim_due(self, rec: TrackedRoom) -> None:
+        rec.reclaim_timer = None
+        if (rec.preferred_nick is None or rec.state is not State.JOINED
+                or self._rooms.get(rec.jid) is not rec):
+            return
+        if not rec.nick_change_pending and self._stream_up.is_set():
+            self._spawn(self._request_nick(rec, rec.preferred_nick))
+        self._arm_reclaim(rec)
+
+    async def _request_nick(self, rec: TrackedRoom, nick: str) -> None:
+        rec.nick_change_pending = True
+        rec.pending_nick = nick
+        try:
+            await rec.room.set_nick(nick)
+        except (ConnectionError, aioxmpp.errors.XMPPError) as exc:
+            logger.info("%s: cannot ask for nick %r: %r", rec.jid, nick, exc)
+            rec.nick_change_pending = False
+            rec.pending_nick = None
 
     # --- stream --------------------------------------------------------------------
 
@@ -464,6 +549,8 @@ class GuardEngine:
     def _on_stream_established(self) -> None:
         self._stream_up.set()
         self._ensure_watchdog()
+        if self.stable_resource:
+            self._spawn(self._remember_resource())
         for rec in self._rooms.values():
             if rec.wanted and rec.state is not State.JOINED:
                 self._start_joining(rec, 0.0)
@@ -513,6 +600,21 @@ class GuardEngine:
         self._mark(rec)
         self._owner.on_dropped(rec.jid, cause)
         self._start_joining(rec, self.backoff.first_delay(cause))
+        if cause is not Cause.STREAM_LOST:
+            self._check_siblings(rec)
+
+    def _check_siblings(self, rec: TrackedRoom) -> None:
+        """Rooms on one MUC service usually drop together (the service or the
+        s2s link to it went away): self-ping the others now instead of
+        waiting for their idle timers."""
+        service = rec.jid.domain
+        siblings = [other for other in self._rooms.values()
+                    if other is not rec and other.state is State.JOINED
+                    and other.jid.domain == service]
+        if siblings:
+            logger.info("%s: checking %d other room(s) on %s", rec.jid, len(siblings), service)
+        for other in siblings:
+            self._ping_soon(other)
 
     def _give_up(self, rec: TrackedRoom, cause: Cause,
                  exc: BaseException | None = None, *, dropped: bool = False) -> None:
@@ -615,6 +717,7 @@ class GuardEngine:
     async def _keep_joining(self, rec: TrackedRoom, delay: float) -> None:
         failures = 0
         permanent = 0
+        conflicts = 0
         while True:
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -629,8 +732,8 @@ class GuardEngine:
                     permanent = 0
                     logger.info("%s: join failed (%s), will retry", rec.jid, condition)
                 elif condition == "conflict" and rec.confirmed and not rec.waiters:
-                    # Our nick was taken while we were out; keep trying for it.
-                    logger.warning("%s: nick %r is taken, will retry", rec.jid, rec.nick)
+                    conflicts += 1
+                    self._nick_conflict(rec, conflicts)
                 elif rec.waiters or not rec.confirmed:
                     self._join_refused(rec, exc)
                     return
@@ -653,6 +756,23 @@ class GuardEngine:
                 return
             failures += 1
             delay = self.backoff.delay(failures)
+
+    def _nick_conflict(self, rec: TrackedRoom, conflicts: int) -> None:
+        """409 on a rejoin: someone holds our nick. It may be our own ghost,
+        so retry it a few times; then join under a fallback nick and win the
+        wanted one back later (see _arm_reclaim)."""
+        if rec.preferred_nick is None:
+            rec.preferred_nick = rec.nick
+        fallback = conflicts - self.nick_conflict_retries
+        if fallback <= 0:
+            logger.warning("%s: nick %r is taken, will retry it", rec.jid, rec.nick)
+            return
+        if fallback > self.max_fallback_nicks:
+            rec.nick = rec.preferred_nick   # all taken: keep trying ours at the cap
+        else:
+            rec.nick = self.fallback_nick(rec.preferred_nick, fallback)
+        logger.warning("%s: nick %r is taken, trying %r", rec.jid, rec.preferred_nick,
+                       rec.nick)
 
     async def _attempt(self, rec: TrackedRoom) -> aioxmpp.muc.Room:
         if self._join_slots is None:
@@ -704,6 +824,9 @@ class GuardEngine:
                 waiter.set_result(room)
         rec.waiters.clear()
         self._arm_ping(rec)
+        if rec.preferred_nick == rec.nick:
+            rec.preferred_nick = None
+        self._arm_reclaim(rec)
         announce, rec.announce_rejoin = rec.announce_rejoin, False
         logger.info("%s: %s as %r", rec.jid, "rejoined" if announce else "joined", rec.nick)
         if announce:

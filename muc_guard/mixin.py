@@ -80,6 +80,21 @@ class GuardMixin:
         "Consecutive permanent join errors before giving up on a rejoin (default 3).")
     max_concurrent_joins = _engine_setting(
         "max_concurrent_joins", "Join attempts in flight at once (default 32).")
+    nick_conflict_retries = _engine_setting(
+        "nick_conflict_retries",
+        "409 on a rejoin: tries with our own nick before a fallback nick (default 2).")
+    max_fallback_nicks = _engine_setting(
+        "max_fallback_nicks", "How many fallback nicks to try (default 5).")
+    fallback_nick = _engine_setting(
+        "fallback_nick",
+        "fallback_nick(nick, attempt) -> str; default appends one more '_' per attempt.")
+    stable_resource = _engine_setting(
+        "stable_resource",
+        "Store the bound resource and ask for it again after a restart (default True); "
+        "applies to clients created with a JID that names no resource.")
+    nick_reclaim_interval = _engine_setting(
+        "nick_reclaim_interval",
+        "Seconds between attempts to win back a nick lost to a 409 (default 60).")
 
     @property
     def backoff_min(self) -> float:

@@ -93,6 +93,11 @@ class TrackedRoom:
     #: joined at least once (or restored): permanent errors no longer mean "bad join()"
     confirmed: bool = False
     nick_change_pending: bool = False
+    #: the nick asked for in a change still unanswered
+    pending_nick: str | None = None
+    #: set while we hold a fallback nick: the nick to win back
+    preferred_nick: str | None = None
+    reclaim_timer: asyncio.TimerHandle | None = None
 
     @property
     def wanted(self) -> bool:
@@ -113,6 +118,9 @@ class TrackedRoom:
         )
 
     def cancel_timers(self) -> None:
+        if self.reclaim_timer is not None:
+            self.reclaim_timer.cancel()
+            self.reclaim_timer = None
         if self.ping_timer is not None:
             self.ping_timer.cancel()
             self.ping_timer = None

@@ -79,6 +79,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE rooms ADD COLUMN last_id TEXT",
         "ALTER TABLE rooms ADD COLUMN last_ts REAL",
         "ALTER TABLE rooms ADD COLUMN recent TEXT",
+        # the resource each account last bound, for a stable full JID
+        """CREATE TABLE accounts (
+            account  TEXT PRIMARY KEY,
+            resource TEXT
+        ) WITHOUT ROWID""",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -256,6 +261,23 @@ class Store:
             added=added,
             position=Position(last_id, last_ts, recent_from_json(recent)),
         )
+
+    async def load_resource(self, account: str) -> str | None:
+        async with self._conn.execute(
+                "SELECT resource FROM accounts WHERE account = ?", (account,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row and isinstance(row[0], str) and row[0] else None
+
+    async def save_resource(self, account: str, resource: str) -> None:
+        async with self._lock:
+            try:
+                await self._conn.execute(
+                    "INSERT INTO accounts (account, resource) VALUES (?, ?) "
+                    "ON CONFLICT (account) DO UPDATE SET resource = excluded.resource",
+                    (account, resource))
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write store {self.path!r}: {exc}") from exc
+            self.transactions += 1
 
     async def write(self, account: str, upserts: Iterable[TrackedRoom],
                     deletes: Iterable[aioxmpp.JID]) -> None:

@@ -16,8 +16,9 @@ class Bot:
     """One account's client with a summoned guard; records every guard signal."""
 
     def __init__(self, make_client: Any, jid: aioxmpp.JID, password: str,
-                 server: ProsodyServer | None = None, resource: str = "bot") -> None:
-        self.client = make_client(jid.replace(resource=resource), password, server=server)
+                 server: ProsodyServer | None = None, resource: str | None = "bot") -> None:
+        full = jid.replace(resource=resource) if resource else jid.bare()
+        self.client = make_client(full, password, server=server)
         self.guard: muc_guard.MUCGuard = self.client.summon(muc_guard.MUCGuard)
         self.events: list[tuple[float, str, aioxmpp.JID, Any]] = []
         self._changed = asyncio.Event()

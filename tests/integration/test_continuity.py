@@ -116,3 +116,57 @@ async def _count(inbox: Inbox, n: int) -> bool:
 
 async def _gone(server, room, jid) -> bool:
     return await occupant_nicks_of(server, room, jid) == []
+
+
+async def test_a_restarted_bot_comes_back_with_the_same_resource(prosody, make_client, account,
+                                                                  room_jid, tmp_path):
+    db = tmp_path / "bot.db"
+    jid, pw = account("stable")
+    first = Bot(make_client, jid, pw, resource=None)       # the server picks a resource
+    await first.guard.open_store(db)
+    await first.start()
+    await first.guard.join(room_jid, "bot")
+    bound = first.client.local_jid
+    assert bound.resource
+    await first.stop()
+    second = Bot(make_client, jid, pw, resource=None)
+    await second.guard.open_store(db)
+    await second.start()
+    assert second.client.local_jid == bound
+    await second.wait_event("rejoined", room_jid)
+    assert (await prosody.occupants(room_jid))["bot"] == [str(bound)]
+    await second.stop()
+
+
+async def test_ghost_of_our_crashed_session_is_taken_over(prosody_factory, make_client, account,
+                                                          room_jid, tmp_path):
+    """With stream management the server keeps a crashed session (and its
+    room occupant) hibernating. The restarted bot binds the same full JID, so
+    the room sees one occupant with one real JID, not a ghost beside us."""
+    server = prosody_factory(smacks=True)
+    db = tmp_path / "bot.db"
+    jid, pw = account("ghosted", server=server)
+    first = Bot(make_client, jid, pw, server=server, resource=None)
+    await first.guard.open_store(db)
+    await first.start()
+    await first.guard.join(room_jid, "bot")
+    bound = first.client.local_jid
+    await server.sever_c2s(bound)                 # the bot "crashes" mid-stream
+    await first.guard.shutdown()
+    first.client.stop()
+    sessions = await server.c2s_sessions(jid)
+    assert [s["hibernating"] for s in sessions] == [True]
+    assert (await server.occupants(room_jid))["bot"] == [str(bound)]   # the ghost
+
+    second = Bot(make_client, jid, pw, server=server, resource=None)
+    await second.guard.open_store(db)
+    await second.start()
+    assert second.client.local_jid == bound
+    await second.wait_event("rejoined", room_jid, timeout=15)
+    assert await eventually(lambda: _only(server, room_jid, "bot", str(bound)))
+    assert [s["hibernating"] for s in await server.c2s_sessions(jid)] == [False]
+    await second.stop()
+
+
+async def _only(server, room, nick, real_jid) -> bool:
+    return (await server.occupants(room)) == {nick: [real_jid]}

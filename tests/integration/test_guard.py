@@ -388,3 +388,57 @@ async def test_mixin_service_rejoins_like_mucguard(prosody, make_client, account
     assert room.muc_joined and svc.own_events == ["dropped"]
     assert await in_room(prosody, room_jid, jid, "mixer")
     await svc.shutdown()
+
+
+async def test_a_drop_in_one_room_checks_the_others_on_its_service(prosody, bot, room_jid,
+                                                                   figure):
+    """20 rooms on one service lose us silently; a 333 in a 21st reveals the
+    trouble, and all 20 are found within a ping round trip, not ping_idle."""
+    bot.guard.ping_idle = 300.0
+    rooms = [room_jid.replace(localpart=f"{room_jid.localpart}-{i}") for i in range(21)]
+    for room in rooms:
+        await bot.guard.join(room, "bot")
+    for room in rooms[1:]:
+        await prosody.silent_remove(room, "bot")
+    await prosody.kick_with_codes(rooms[0], "bot", [333])
+    t_first, _ = await bot.wait_event("dropped", rooms[0])
+    detected = []
+    for room in rooms[1:]:
+        t, cause = await bot.wait_event("dropped", room, timeout=5)
+        assert cause is Cause.PING
+        detected.append(t - t_first)
+    figure("correlated: 20 silent drops found after first", max(detected))
+    assert max(detected) < 1.0                   # one loopback ping round, not 300 s
+    for room in rooms:
+        await bot.wait_event("rejoined", room, timeout=10)
+    for room in rooms:
+        assert await in_room(prosody, room, bot.jid, "bot")
+
+
+async def test_409_on_rejoin_falls_back_and_wins_the_nick_back(prosody, bot, room_jid,
+                                                               make_client, account):
+    bot.guard.ping_idle = 1.0
+    bot.guard.backoff_min, bot.guard.backoff_max = 0.2, 0.4
+    bot.guard.nick_reclaim_interval = 1.0
+    await bot.guard.join(room_jid, "bot")
+    await prosody.silent_remove(room_jid, "bot")
+    thief_jid, pw = account("thief")
+    thief = await Bot(make_client, thief_jid, pw).start()
+    await thief.guard.join(room_jid, "bot")             # the nick is free on the server
+    _, cause = await bot.wait_event("dropped", room_jid, timeout=10)
+    assert cause is Cause.PING
+    await bot.wait_event("rejoined", room_jid, timeout=15)
+    assert bot.info(room_jid).nick == "bot_"
+    assert await occupant_nicks_of(prosody, room_jid, bot.jid) == ["bot_"]
+    await thief.guard.leave(room_jid)
+    await thief.stop()
+    assert await eventually(lambda: _nick_is(bot, room_jid, "bot"), timeout=5)
+    assert await in_room(prosody, room_jid, bot.jid, "bot")
+    assert await occupant_nicks_of(prosody, room_jid, bot.jid) == ["bot"]
+    # the self-ping now targets the nick we really hold: no spurious drop
+    await asyncio.sleep(2.5)
+    assert bot.kinds(room_jid) == ["dropped", "rejoined"]
+
+
+async def _nick_is(bot, room_jid, nick):
+    return bot.info(room_jid).nick == nick
