@@ -187,6 +187,8 @@ class GuardEngine:
         #: come back with the resource stored for this account (see open_store)
         self.stable_resource = True
         self._stored_resource: str | None = None
+        #: loop time of the last correlated check per MUC service domain
+        self._service_checks: dict[str, float] = {}
 
         stream = client.stream
         self._connections = [
@@ -608,6 +610,12 @@ class GuardEngine:
         s2s link to it went away): self-ping the others now instead of
         waiting for their idle timers."""
         service = rec.jid.domain
+        now = asyncio.get_running_loop().time()
+        # One check per service at a time: the drops it finds must not each
+        # start another round (n drops would cost n² pings).
+        if now - self._service_checks.get(service, -_NEVER) < self.ping_timeout:
+            return
+        self._service_checks[service] = now
         siblings = [other for other in self._rooms.values()
                     if other is not rec and other.state is State.JOINED
                     and other.jid.domain == service]
@@ -690,6 +698,10 @@ class GuardEngine:
                 condition = error_condition(exc)
             except (ConnectionError, aioxmpp.errors.StreamError):
                 return   # the stream handlers take over
+            except Exception:
+                # Whatever went wrong, this room must keep being watched.
+                logger.exception("%s: self-ping failed; treating it as no reply", rec.jid)
+                timed_out = True
         finally:
             rec.ping_task = None
         if rec.state is not State.JOINED or self._rooms.get(rec.jid) is not rec:
@@ -751,6 +763,9 @@ class GuardEngine:
                 if not self._stream_up.is_set():
                     delay = 0.0   # wait for the stream, then try at once
                     continue
+            except Exception:
+                # A bug or an aioxmpp surprise must not leave the room stuck.
+                logger.exception("%s: join attempt failed unexpectedly, will retry", rec.jid)
             else:
                 self._joined(rec, room)
                 return

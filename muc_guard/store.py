@@ -38,6 +38,7 @@ import os
 import sqlite3
 import stat
 import time
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -158,12 +159,29 @@ class Store:
         self.transactions = 0
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str]) -> "Store":
+    async def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> "Store":
+        """Open the store at `path`.
+
+        With ``create=False`` (tools that inspect an existing store) nothing
+        is created: a missing file, or an empty one that would become a new
+        store, raises :class:`StoreError` ("no such store").
+        """
         path = os.fspath(path)
-        _create_private(path)
+        if create:
+            _create_private(path)
+        elif not os.path.lexists(path):
+            raise StoreError(f"no such store: {path}")
         _check_header(path)
+        if not create and os.stat(path).st_size == 0:
+            raise StoreError(f"no such store: {path} (the file is empty)")
         try:
-            conn = await aiosqlite.connect(path, isolation_level=None)
+            if create:
+                conn = await aiosqlite.connect(path, isolation_level=None)
+            else:
+                # mode=rw: SQLite itself must not create the file either, even
+                # if it vanished since the check above.
+                uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
+                conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path!r}: {exc}") from exc
         store = cls(path, conn)
@@ -238,6 +256,59 @@ class Store:
                     logger.warning("store %r: skipping unreadable row for room %r of %s: %s",
                                    self.path, row[0], account, exc)
         return rooms
+
+    async def accounts(self) -> list[str]:
+        """Every account the store knows (with rooms or a stored resource), sorted."""
+        async with self._conn.execute(
+                "SELECT account FROM rooms UNION SELECT account FROM accounts "
+                "ORDER BY account") as cur:
+            return [row[0] async for row in cur]
+
+    async def load_all(self) -> list[tuple[str, TrackedRoom]]:
+        """(account, room) for every stored room of every account, for
+        inspection tools; unreadable rows are skipped with a warning, not lost."""
+        rooms = []
+        async with self._conn.execute(
+            "SELECT account, room, requested_nick, nick, password, wanted, drops, "
+            "last_cause, last_joined, last_dropped, added, last_id, last_ts, recent "
+            "FROM rooms ORDER BY account, added",
+        ) as cur:
+            async for row in cur:
+                account = row[0]
+                try:
+                    rooms.append((account, self._room_from_row(row[1:])))
+                except (ValueError, TypeError) as exc:
+                    logger.warning("store %r: skipping unreadable row for room %r of %s: %s",
+                                   self.path, row[1], account, exc)
+        return rooms
+
+    async def forget(self, room: aioxmpp.JID | str, account: str | None = None) -> int:
+        """Delete `room` for `account` (for every account if None) in one
+        durable transaction; returns the number of rows removed.
+
+        Meant for a store no guard has open: a running guard writes its own
+        rooms back on its next change.
+        """
+        sql = "DELETE FROM rooms WHERE room = ?"
+        args: tuple[str, ...] = (str(room),)
+        if account is not None:
+            sql += " AND account = ?"
+            args += (account,)
+        async with self._lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    async with self._conn.execute(sql, args) as cur:
+                        removed = cur.rowcount
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        await self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write store {self.path!r}: {exc}") from exc
+            self.transactions += 1
+        return max(removed, 0)
 
     @staticmethod
     def _room_from_row(row: tuple[Any, ...]) -> TrackedRoom:

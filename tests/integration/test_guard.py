@@ -400,6 +400,14 @@ async def test_a_drop_in_one_room_checks_the_others_on_its_service(prosody, bot,
         await bot.guard.join(room, "bot")
     for room in rooms[1:]:
         await prosody.silent_remove(room, "bot")
+    pings: list[aioxmpp.JID] = []
+    send = bot.client.send
+
+    async def counting_send(stanza, **kwargs):
+        if isinstance(stanza, aioxmpp.IQ) and stanza.to.bare() in rooms:
+            pings.append(stanza.to)
+        return await send(stanza, **kwargs)
+    bot.client.send = counting_send
     await prosody.kick_with_codes(rooms[0], "bot", [333])
     t_first, _ = await bot.wait_event("dropped", rooms[0])
     detected = []
@@ -409,6 +417,7 @@ async def test_a_drop_in_one_room_checks_the_others_on_its_service(prosody, bot,
         detected.append(t - t_first)
     figure("correlated: 20 silent drops found after first", max(detected))
     assert max(detected) < 1.0                   # one loopback ping round, not 300 s
+    assert len(pings) == 20                      # one ping each: no cascade
     for room in rooms:
         await bot.wait_event("rejoined", room, timeout=10)
     for room in rooms:
