@@ -51,7 +51,8 @@ import aioxmpp.errors
 import aioxmpp.muc
 import aioxmpp.ping
 
-from .continuity import DIGEST_TOLERANCE, RoomStream
+from . import mam
+from .continuity import DIGEST_TOLERANCE, RoomStream, message_facts
 from .policy import (
     Cause,
     Decision,
@@ -189,6 +190,10 @@ class GuardEngine:
         self._stored_resource: str | None = None
         #: loop time of the last correlated check per MUC service domain
         self._service_checks: dict[str, float] = {}
+        #: recover missed messages from the room's XEP-0313 archive when it has one
+        self.use_archive = True
+        self.archive_limit = 1000
+        self.archive_page_size = 50     # Prosody's maximum page
 
         stream = client.stream
         self._connections = [
@@ -435,7 +440,8 @@ class GuardEngine:
         return rec.stream
 
     def _offer(self, rec: TrackedRoom, message: aioxmpp.Message,
-               archive_id: str | None = None, stamp: float | None = None) -> None:
+               archive_id: str | None = None, stamp: float | None = None,
+               recovered: bool | None = None) -> None:
         """Deliver `message` through on_message unless it was delivered before."""
         stream = self._stream(rec)
         if stream.recovering and archive_id is None:
@@ -446,7 +452,8 @@ class GuardEngine:
         rec.position = stream.position
         if self._writer is not None:
             self._writer.mark(rec, lazy=True)
-        recovered = archive_id is not None or bool(message.xep0203_delay)
+        if recovered is None:
+            recovered = archive_id is not None or bool(message.xep0203_delay)
         own = message.from_ is not None and message.from_.resource == rec.nick
         self._owner.on_message(rec.jid, message, recovered=recovered, own=own)
 
@@ -768,6 +775,8 @@ class GuardEngine:
                 logger.exception("%s: join attempt failed unexpectedly, will retry", rec.jid)
             else:
                 self._joined(rec, room)
+                if rec.stream is not None and rec.stream.recovering:
+                    await self._recover_from_archive(rec)
                 return
             failures += 1
             delay = self.backoff.delay(failures)
@@ -793,21 +802,90 @@ class GuardEngine:
         if self._join_slots is None:
             self._join_slots = asyncio.Semaphore(self.max_concurrent_joins)
         async with self._join_slots:
+            archive = await self._archive_usable(rec)
             self._release_aioxmpp_room(rec.jid)
+            history = (aioxmpp.muc.xso.History(maxchars=0, maxstanzas=0) if archive
+                       else self._history_for(rec))
+            stream = self._stream(rec)
+            # With an archive, live messages wait until the archive has been read.
+            stream.recovering = archive
             room, fut = self.muc.join(rec.jid, rec.nick, password=rec.password,
-                                      history=self._history_for(rec), autorejoin=False)
+                                      history=history, autorejoin=False)
             rec.room = room
             try:
-                await asyncio.wait_for(asyncio.shield(fut), self.join_timeout)
-            except asyncio.TimeoutError:
-                fut.cancel()  # MUCClient forgets the pending join and sends an unjoin
-                raise _JoinTimeout() from None
-            except asyncio.CancelledError:
-                fut.cancel()
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), self.join_timeout)
+                except asyncio.TimeoutError:
+                    fut.cancel()  # MUCClient forgets the pending join, sends an unjoin
+                    raise _JoinTimeout() from None
+                except asyncio.CancelledError:
+                    fut.cancel()
+                    raise
+                if not room.muc_joined:
+                    raise _ExitedDuringJoin()   # removed again before the join completed
+            except BaseException:
+                stream.recovering = False
+                stream.buffer.clear()
                 raise
-            if not room.muc_joined:
-                raise _ExitedDuringJoin()   # removed again before the join completed
             return room
+
+    async def _archive_usable(self, rec: TrackedRoom) -> bool:
+        """Whether to recover this (re)join from the room's archive: only when
+        there is something to recover from (a position) and the room
+        advertises XEP-0313 (asked once per room and process)."""
+        if not self.use_archive or rec.position.last_ts is None:
+            return False
+        if rec.has_archive is None:
+            rec.has_archive = await mam.room_has_archive(
+                self.client, rec.jid, timeout=min(self.join_timeout, 10.0))
+            logger.debug("%s: archive %s", rec.jid, "yes" if rec.has_archive else "no")
+        return rec.has_archive
+
+    async def _recover_from_archive(self, rec: TrackedRoom) -> None:
+        """Deliver what the archive holds after our position, then what
+        arrived live meanwhile; duplicates fall out by stanza-id."""
+        stream = self._stream(rec)
+        position = stream.position
+        since = (datetime.datetime.fromtimestamp(position.last_ts - DIGEST_TOLERANCE,
+                                                 tz=datetime.timezone.utc)
+                 if position.last_ts is not None else None)
+        found: list[mam.ArchivedMessage] = []
+        complete = True
+        try:
+            try:
+                found, complete = await mam.fetch(
+                    self.client, rec.jid, after_id=position.last_id,
+                    since=None if position.last_id else since,
+                    page_size=self.archive_page_size, limit=self.archive_limit,
+                    timeout=self.join_timeout)
+            except mam.ArchiveGapError:
+                # Our last id expired from the archive (or never was in it).
+                found, complete = await mam.fetch(
+                    self.client, rec.jid, since=since, page_size=self.archive_page_size,
+                    limit=self.archive_limit, timeout=self.join_timeout)
+        except mam.ArchiveError as exc:
+            found, complete = exc.messages, False
+            logger.warning("%s: archive recovery failed (%s): messages may be missing",
+                           rec.jid, exc)
+        except (ConnectionError, TimeoutError) as exc:
+            complete = False
+            logger.warning("%s: archive recovery interrupted (%r)", rec.jid, exc)
+        finally:
+            stream.recovering = False
+        if not complete and found:
+            logger.warning("%s: archive recovery stopped after %d message(s) "
+                           "(archive_limit)", rec.jid, len(found))
+        # What also reached us live while we read the archive was not missed.
+        now = time.time()
+        live_ids = {message_facts(message, rec.jid, now)[0] for message in stream.buffer}
+        for item in found:
+            self._offer(rec, item.message, archive_id=item.archive_id,
+                        stamp=item.timestamp.timestamp(),
+                        recovered=item.archive_id not in live_ids)
+        buffered, stream.buffer = stream.buffer, []
+        for message in buffered:
+            self._offer(rec, message)
+        logger.info("%s: recovered %d message(s) from the archive", rec.jid, len(found))
 
     @staticmethod
     def _history_for(rec: TrackedRoom) -> aioxmpp.muc.xso.History:

@@ -88,6 +88,14 @@ class GuardMixin:
     fallback_nick = _engine_setting(
         "fallback_nick",
         "fallback_nick(nick, attempt) -> str; default appends one more '_' per attempt.")
+    use_archive = _engine_setting(
+        "use_archive",
+        "Recover missed messages from the room's XEP-0313 archive when it has one "
+        "(default True); otherwise from MUC history.")
+    archive_limit = _engine_setting(
+        "archive_limit", "Most messages recovered from an archive per rejoin (default 1000).")
+    archive_page_size = _engine_setting(
+        "archive_page_size", "Messages per archive page (default 50, Prosody's maximum).")
     stable_resource = _engine_setting(
         "stable_resource",
         "Store the bound resource and ask for it again after a restart (default True); "

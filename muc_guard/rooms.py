@@ -98,6 +98,8 @@ class TrackedRoom:
     #: set while we hold a fallback nick: the nick to win back
     preferred_nick: str | None = None
     reclaim_timer: asyncio.TimerHandle | None = None
+    #: does the room advertise a XEP-0313 archive? (None: not asked yet)
+    has_archive: bool | None = None
 
     @property
     def wanted(self) -> bool:

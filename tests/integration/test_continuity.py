@@ -48,21 +48,28 @@ async def send_all(room, texts, pause: float = 0.0):
             await asyncio.sleep(pause)
 
 
+@pytest.mark.parametrize("archive", [False, True], ids=["history", "archive"])
 @pytest.mark.parametrize("how", ["silent", "kick333", "restart"])
-async def test_every_message_once_in_order_across_a_drop(how, prosody, make_client, account,
-                                                         room_jid, tmp_path):
-    await prosody.create_room(room_jid, history_length=N + 50)
+async def test_every_message_once_in_order_across_a_drop(how, archive, prosody,
+                                                         prosody_factory, make_client,
+                                                         account, room_jid, tmp_path):
+    if archive:
+        # MUC history stays at Prosody's default 20: only the archive has all 200.
+        prosody = prosody_factory(mam=True)
+        await prosody.create_room(room_jid)
+    else:
+        await prosody.create_room(room_jid, history_length=N + 50)
     db = tmp_path / "bot.db"
-    bot_jid, bot_pw = account("bot")
-    bot = Bot(make_client, bot_jid, bot_pw)
+    bot_jid, bot_pw = account("bot", server=prosody)
+    bot = Bot(make_client, bot_jid, bot_pw, server=prosody)
     bot.guard.ping_idle = 1.0
     await bot.guard.open_store(db)
     inbox = Inbox(bot)
     await bot.start()
     await bot.guard.join(room_jid, "bot")
 
-    talker_jid, talker_pw = account("talker")
-    talker = make_client(talker_jid.replace(resource="t"), talker_pw)
+    talker_jid, talker_pw = account("talker", server=prosody)
+    talker = make_client(talker_jid.replace(resource="t"), talker_pw, server=prosody)
     muc = talker.summon(aioxmpp.MUCClient)
     await connected(talker)
     room, fut = muc.join(room_jid, "talker", autorejoin=False)
@@ -89,7 +96,7 @@ async def test_every_message_once_in_order_across_a_drop(how, prosody, make_clie
         await bot.stop()
         assert await eventually(lambda: _gone(prosody, room_jid, bot_jid))
         await send_all(room, missed)
-        bot = Bot(make_client, bot_jid, bot_pw)
+        bot = Bot(make_client, bot_jid, bot_pw, server=prosody)
         await bot.guard.open_store(db)
         restarted = Inbox(bot)
         restarted.items = inbox.items           # one list across both processes
@@ -103,7 +110,7 @@ async def test_every_message_once_in_order_across_a_drop(how, prosody, make_clie
     await asyncio.sleep(0.5)                     # anything extra would show up now
     assert inbox.bodies() == expected            # each once, in order
     recovered = [body for body, rec, _ in inbox.items if rec]
-    assert recovered, "nothing came back through history"
+    assert recovered, "nothing was recovered"
     assert set(recovered) <= set(missed)
     assert all(not rec for body, rec, _ in inbox.items if body in before + after)
     assert not any(own for _, _, own in inbox.items)
