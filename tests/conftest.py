@@ -26,7 +26,7 @@ import re
 import secrets
 import signal
 import threading
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import aioxmpp
 import aioxmpp.node
@@ -62,6 +62,8 @@ def _pin_aioxmpp_to_loopback() -> Iterator[None]:
 
 def _remember(request: pytest.FixtureRequest, server: ProsodyServer) -> None:
     """Note that the running test uses `server` (for the failure report)."""
+    if not isinstance(server, ProsodyServer):
+        return
     servers = request.node.stash.setdefault(_servers_key, [])
     if server not in servers:
         servers.append(server)

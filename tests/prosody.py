@@ -247,6 +247,14 @@ class ProsodyServer:
 
     The c2s port is chosen once, at construction, and kept across restarts;
     the data directory is kept too, so persistent rooms survive a restart.
+
+    Options: ``nagle`` (default off: ``network_settings = { nagle = false }``),
+    ``smacks`` (mod_smacks, XEP-0198; ``smacks_hibernation_time`` seconds a
+    cut session lingers as a ghost, Prosody's default 600), ``mam``
+    (mod_muc_mam on the MUC component), ``tombstones`` (Prosody default on:
+    a destroyed persistent room answers <gone/> for 31 days; off: it simply
+    no longer exists), ``extra_config`` / ``extra_muc_config`` (raw Lua
+    appended to the global / Component section).
     """
 
     domain: str = "localhost"
@@ -261,6 +269,7 @@ class ProsodyServer:
         smacks: bool = False,
         mam: bool = False,
         tombstones: bool = True,
+        smacks_hibernation_time: float | None = None,
         log_level: str = "debug",
         extra_config: str = "",
         extra_muc_config: str = "",
@@ -277,6 +286,7 @@ class ProsodyServer:
         self.smacks = smacks
         self.mam = mam
         self.tombstones = tombstones
+        self.smacks_hibernation_time = smacks_hibernation_time
         self.log_level = log_level
         self.extra_config = extra_config
         self.extra_muc_config = extra_muc_config
@@ -285,10 +295,10 @@ class ProsodyServer:
         self.port: int = free_port()
         self.socket_path = self._choose_socket_path()
         self.pid: int | None = None
+        self._log_offset = 0  # where this start's log lines begin
         self.started_pids: list[int] = []  # every Prosody PID this object spawned
         self.last_start_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<ProsodyServer {self.host}:{self.port} pid={self.pid} root={self.root}>"
@@ -301,9 +311,7 @@ class ProsodyServer:
         path = self.data_dir / "admin.sock"
         if len(os.fsencode(path)) <= _SUN_PATH_MAX:
             return path
-        short = pathlib.Path(tempfile.mkdtemp(prefix="mgt-"))
-        self._short_socket_dir = short
-        return short / "admin.sock"
+        return pathlib.Path(tempfile.mkdtemp(prefix="mgt-")) / "admin.sock"
 
     def config_text(self) -> str:
         """The generated prosody.cfg.lua.  Every listening service is pinned
@@ -353,6 +361,8 @@ class ProsodyServer:
         }
         if not self.nagle:
             g["network_settings"] = {"nagle": False}
+        if self.smacks_hibernation_time is not None:
+            g["smacks_hibernation_time"] = self.smacks_hibernation_time
         muc_modules = ["muc_guard_test", *(["muc_mam"] if self.mam else [])]
         muc: dict[str, Any] = {
             "modules_enabled": muc_modules,
@@ -389,6 +399,7 @@ class ProsodyServer:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a stale socket would fake readiness
         self.config_path.write_text(self.config_text())
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         console = open(self.console_path, "ab")
         try:
             # PDEATHSIG fires when the spawning *thread* exits: only safe from
@@ -410,13 +421,19 @@ class ProsodyServer:
         _LIVE.add(self)
         log.debug("spawned prosody pid %d (%s:%d)", self.pid, self.host, self.port)
 
+    _FATAL_LOG = ("Failed to open server port", "Unable to bind admin socket", "Error loading module")
+
     def _check_ready(self) -> bool:
-        """One readiness probe: process alive, c2s port accepts, admin answers."""
+        """One readiness probe: process alive, c2s port accepts, admin answers.
+        Raises at once if Prosody exited or logged a fatal startup error."""
         if self._proc is None or self._proc.poll() is not None:
-            raise ProsodyStartError(
-                f"prosody exited during startup (rc={self._proc.returncode if self._proc else None})\n"
-                + self.log_tail()
-            )
+            raise ProsodyStartError(f"exited (rc={self._proc.returncode if self._proc else None})")
+        with contextlib.suppress(FileNotFoundError):
+            with open(self.log_path, errors="replace") as log_file:
+                log_file.seek(self._log_offset)
+                fatal = [line for line in log_file if any(m in line for m in self._FATAL_LOG)]
+            if fatal:
+                raise ProsodyStartError("logged: " + fatal[0].strip())
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5):
                 pass
@@ -430,9 +447,17 @@ class ProsodyServer:
             return False
         return reply.value == "ready"
 
+    def _ready_or_fail(self) -> bool:
+        try:
+            return self._check_ready()
+        except ProsodyStartError as exc:
+            raise self._startup_failed(str(exc)) from None
+
     def _startup_failed(self, why: str) -> ProsodyStartError:
         self._hard_kill_sync()
-        return ProsodyStartError(f"prosody {why}\n{self.log_tail()}")
+        return ProsodyStartError(
+            f"prosody ({self.config_path}) failed to start on {self.host}:{self.port}: {why}\n{self.log_tail()}"
+        )
 
     def start(self) -> None:
         """Write the config, spawn Prosody, and wait (bounded) until the c2s
@@ -440,9 +465,9 @@ class ProsodyServer:
         t0 = time.monotonic()
         self._spawn()
         deadline = t0 + self.startup_timeout
-        while not self._check_ready():
+        while not self._ready_or_fail():
             if time.monotonic() > deadline:
-                raise self._startup_failed(f"not ready after {self.startup_timeout:.0f} s")
+                raise self._startup_failed(f"not ready after {self.startup_timeout:g} s")
             time.sleep(0.02)
         self.last_start_seconds = time.monotonic() - t0
         log.info("prosody pid %d ready on %s:%d in %.2f s", self.pid, self.host, self.port, self.last_start_seconds)
@@ -452,9 +477,9 @@ class ProsodyServer:
         t0 = time.monotonic()
         self._spawn()  # fast; stays on the loop (main) thread on purpose
         deadline = t0 + self.startup_timeout
-        while not await asyncio.to_thread(self._check_ready):
+        while not await asyncio.to_thread(self._ready_or_fail):
             if time.monotonic() > deadline:
-                raise self._startup_failed(f"not ready after {self.startup_timeout:.0f} s")
+                raise self._startup_failed(f"not ready after {self.startup_timeout:g} s")
             await asyncio.sleep(0.02)
         self.last_start_seconds = time.monotonic() - t0
         log.info("prosody pid %d ready on %s:%d in %.2f s", self.pid, self.host, self.port, self.last_start_seconds)

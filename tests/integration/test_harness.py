@@ -12,6 +12,7 @@ import asyncio
 import logging
 import pathlib
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -159,8 +160,7 @@ async def test_clients_stay_on_loopback(make_client, account, prosody) -> None:
     """A client whose pinned peer is down fails instead of trying DNS/SRV."""
     assert aioxmpp.node.discover_connectors.__name__ == "_no_discovery"
     jid, password = account("nowhere")
-    dead = ProsodyServer.__new__(ProsodyServer)  # only .host/.port are used
-    dead.host, dead.port = "127.0.0.1", free_port()
+    dead = types.SimpleNamespace(host="127.0.0.1", port=free_port())  # only .host/.port are used
     client = make_client(jid, password, server=dead, max_initial_attempts=1)
     with pytest.raises(aioxmpp.errors.MultiOSError) as err:
         await connected(client, timeout=5)
@@ -403,14 +403,22 @@ async def test_graceful_restart_and_stop_reap_every_process(private_prosody, mak
     server = private_prosody
     client = make_client(*account("graceful", server=server), server=server)
     await connected(client)
+    destroyed = asyncio.Event()
+    client.on_stream_destroyed.connect(lambda *a, **kw: destroyed.set())
     suspended: list[Any] = []
     client.on_stream_suspended.connect(lambda reason=None, *a, **kw: suspended.append(reason))
     t0 = time.monotonic()
     await server.restart()
     log.info("graceful restart took %.3f s", time.monotonic() - t0)
-    # a graceful stop ends client streams with <system-shutdown/>
-    assert suspended and isinstance(suspended[0], aioxmpp.errors.StreamError)
-    assert suspended[0].condition == aioxmpp.errors.StreamErrorCondition.SYSTEM_SHUTDOWN
+    await asyncio.wait_for(destroyed.wait(), EXIT_TIMEOUT)
+    # Usually the stream ends with <system-shutdown/>.  Now and then (~1 in
+    # 40 here) Prosody's shutdown closes the socket before that error is
+    # flushed: a bare EOF, which aioxmpp reports by on_stream_destroyed only.
+    if suspended:
+        assert isinstance(suspended[0], aioxmpp.errors.StreamError)
+        assert suspended[0].condition == aioxmpp.errors.StreamErrorCondition.SYSTEM_SHUTDOWN
+    else:
+        log.warning("graceful stop: bare EOF, no <system-shutdown/> reached the client")
     await server.astop()
     server.stop()  # idempotent
     assert server.pid is None and len(server.started_pids) == 2
@@ -420,8 +428,33 @@ async def test_graceful_restart_and_stop_reap_every_process(private_prosody, mak
     assert server.running
 
 
+async def test_sever_c2s_is_a_bare_eof(private_prosody, make_client, account, room_jid) -> None:
+    """sever_c2s closes the TCP connection with no stream error or footer.
+    Without smacks Prosody ends the session (the occupant leaves the room);
+    aioxmpp 0.13.3 then fires only on_stream_destroyed and never reconnects
+    (running, not established): a client-side trap the library must handle."""
+    server = private_prosody
+    await server.create_room(room_jid)
+    member = await join(make_client, account, room_jid, "cut", server=server)
+    client = member.client
+    events: list[str] = []
+    for name in ("on_stream_destroyed", "on_stream_suspended", "on_failure", "on_stream_established"):
+        getattr(client, name).connect(lambda *a, name=name, **kw: events.append(name))
+    await server.sever_c2s(client.local_jid)
+    await member.wait_exit()  # aioxmpp: DISCONNECTED (autorejoin off)
+    for _ in range(50):
+        if await server.occupants(room_jid) == {}:
+            break
+        await asyncio.sleep(0.02)
+    assert await server.occupants(room_jid) == {}
+    assert await server.c2s_sessions(client.local_jid.bare()) == []
+    await asyncio.sleep(1.5)  # more than aioxmpp's first reconnect back-off (1 s)
+    assert events == ["on_stream_destroyed"]
+    assert client.running and not client.established
+
+
 async def test_smacks_and_mam_options(prosody_factory, make_client, account, room_jid) -> None:
-    server = prosody_factory(smacks=True, mam=True)
+    server = prosody_factory(smacks=True, mam=True, smacks_hibernation_time=1)
     await server.create_room(room_jid, mam=True)
     member = await join(make_client, account, room_jid, "sm", server=server)
     assert member.client.stream.sm_enabled
@@ -441,7 +474,13 @@ async def test_smacks_and_mam_options(prosody_factory, make_client, account, roo
             break
         await asyncio.sleep(0.02)
     assert sessions == [{"full_jid": str(full_jid), "hibernating": True, "smacks": True}]
-    # ... while the occupant stays in the room (until smacks_hibernation_time)
-    await asyncio.sleep(0.3)
+    # ... while the occupant stays in the room, until smacks_hibernation_time
     assert await server.occupants(room_jid) == {"sm": [str(full_jid)]}
-    assert not member.exited.is_set()
+    t0 = time.monotonic()
+    for _ in range(150):
+        if await server.occupants(room_jid) == {}:
+            break
+        await asyncio.sleep(0.02)
+    assert await server.occupants(room_jid) == {}
+    log.info("ghost expired %.2f s after the cut was observed", time.monotonic() - t0)
+    assert not member.exited.is_set()  # the client never heard about any of it
