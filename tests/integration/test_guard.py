@@ -451,3 +451,28 @@ async def test_409_on_rejoin_falls_back_and_wins_the_nick_back(prosody, bot, roo
 
 async def _nick_is(bot, room_jid, nick):
     return bot.info(room_jid).nick == nick
+
+
+async def test_connection_cut_with_stream_management_is_resumed(prosody_factory, make_client,
+                                                                account, figure):
+    """A connection cut under XEP-0198 is resumed, and the rooms were never
+    left: no drop, no rejoin. (When the cut reaches aioxmpp as a bare EOF
+    instead of a reset, the stream watchdog makes it reconnect.)"""
+    server = prosody_factory(smacks=True)
+    jid, pw = account("smacked", server=server)
+    bot = await Bot(make_client, jid, pw, server=server).start()
+    assert bot.client.stream.sm_enabled
+    bot.guard._guard._watchdog.interval = 0.5
+    room = aioxmpp.JID("smacked", server.muc_domain, None)
+    await bot.guard.join(room, "bot")
+    resumed = asyncio.get_running_loop().create_future()
+    bot.client.on_stream_resumed.connect(
+        lambda: resumed.done() or resumed.set_result(time.monotonic()))
+    cut_at = time.monotonic()
+    await server.sever_c2s(bot.client.local_jid)
+    resumed_at = await asyncio.wait_for(resumed, 10)
+    figure("smacks connection cut -> stream resumed", resumed_at - cut_at)
+    assert await in_room(server, room, jid, "bot")
+    await asyncio.sleep(1.0)
+    assert bot.events == [] and bot.info(room).state is State.JOINED
+    await bot.stop()
