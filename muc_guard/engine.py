@@ -142,6 +142,9 @@ def room_jid_from(value: aioxmpp.JID | str) -> aioxmpp.JID:
         raise TypeError(f"room JID must be aioxmpp.JID or str, not {type(value).__name__}")
     if not value.is_bare or not value.localpart:
         raise ValueError(f"room JID must be bare and have a local part: {value}")
+    # aioxmpp's domain check lets "r@b@c" and "r@b c" through.
+    if any(ch in value.domain for ch in "@/ \t\n") or not value.domain.strip("."):
+        raise ValueError(f"not a valid room JID domain: {value.domain!r}")
     return value
 
 
@@ -829,11 +832,11 @@ class GuardEngine:
                 raise
             return room
 
-    async def _archive_usable(self, rec: TrackedRoom) -> bool:
+    async def _archive_usable(self, rec: TrackedRoom, *, probe_only: bool = False) -> bool:
         """Whether to recover this (re)join from the room's archive: only when
         there is something to recover from (a position) and the room
         advertises XEP-0313 (asked once per room and process)."""
-        if not self.use_archive or rec.position.last_ts is None:
+        if not self.use_archive or (self._recover_since(rec) is None and not probe_only):
             return False
         if rec.has_archive is None:
             rec.has_archive = await mam.room_has_archive(
@@ -846,9 +849,7 @@ class GuardEngine:
         arrived live meanwhile; duplicates fall out by stanza-id."""
         stream = self._stream(rec)
         position = stream.position
-        since = (datetime.datetime.fromtimestamp(position.last_ts - DIGEST_TOLERANCE,
-                                                 tz=datetime.timezone.utc)
-                 if position.last_ts is not None else None)
+        since = self._recover_since(rec)
         found: list[mam.ArchivedMessage] = []
         complete = True
         try:
@@ -888,15 +889,22 @@ class GuardEngine:
         logger.info("%s: recovered %d message(s) from the archive", rec.jid, len(found))
 
     @staticmethod
-    def _history_for(rec: TrackedRoom) -> aioxmpp.muc.xso.History:
-        """Ask for what we missed since the last delivered message, or, on a
-        first join, for nothing: a bot has missed nothing before it joined."""
-        last_ts = rec.position.last_ts
-        if last_ts is None:
-            return aioxmpp.muc.xso.History(maxchars=0, maxstanzas=0)
+    def _recover_since(rec: TrackedRoom) -> datetime.datetime | None:
+        """From when to recover: the last delivered message, or, when none was
+        delivered (a quiet room, or a crash before the lazy position write),
+        the last successful join, which is stored at once. None on a first
+        join: a bot has missed nothing before it ever joined."""
+        last = rec.position.last_ts if rec.position.last_ts is not None else rec.last_joined
+        if last is None:
+            return None
         # A little earlier than our own stamp: clocks differ; dedup drops repeats.
-        since = datetime.datetime.fromtimestamp(last_ts - DIGEST_TOLERANCE,
-                                                tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(last - DIGEST_TOLERANCE,
+                                               tz=datetime.timezone.utc)
+
+    def _history_for(self, rec: TrackedRoom) -> aioxmpp.muc.xso.History:
+        since = self._recover_since(rec)
+        if since is None:
+            return aioxmpp.muc.xso.History(maxchars=0, maxstanzas=0)
         return aioxmpp.muc.xso.History(since=since)
 
     def _joined(self, rec: TrackedRoom, room: aioxmpp.muc.Room) -> None:
@@ -917,6 +925,9 @@ class GuardEngine:
                 waiter.set_result(room)
         rec.waiters.clear()
         self._arm_ping(rec)
+        if self.use_archive and rec.has_archive is None:
+            # Learn it now, off the rejoin path a later drop will take.
+            self._spawn(self._archive_usable(rec, probe_only=True))
         if rec.preferred_nick == rec.nick:
             rec.preferred_nick = None
         self._arm_reclaim(rec)

@@ -134,18 +134,17 @@ def _check_header(path: str) -> None:
         raise StoreError(f"cannot use store {path!r}: {exc}") from exc
     if not stat.S_ISREG(st.st_mode):
         raise StoreError(f"store {path!r} is not a regular file")
+    if st.st_size:
+        with open(path, "rb") as f:
+            header = f.read(len(_SQLITE_MAGIC))
+        if header != _SQLITE_MAGIC:
+            raise StoreError(
+                f"store {path!r} is not a SQLite database (corrupt, or some other file); "
+                "refusing to touch it"
+            )
     if st.st_mode & 0o077:
         logger.warning("store %r is readable by other users (mode %o); it may hold "
                        "room passwords: chmod 600 it", path, stat.S_IMODE(st.st_mode))
-    if st.st_size == 0:
-        return
-    with open(path, "rb") as f:
-        header = f.read(len(_SQLITE_MAGIC))
-    if header != _SQLITE_MAGIC:
-        raise StoreError(
-            f"store {path!r} is not a SQLite database (corrupt, or some other file); "
-            "refusing to touch it"
-        )
 
 
 class Store:

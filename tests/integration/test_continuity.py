@@ -177,3 +177,37 @@ async def test_ghost_of_our_crashed_session_is_taken_over(prosody_factory, make_
 
 async def _only(server, room, nick, real_jid) -> bool:
     return (await server.occupants(room)) == {nick: [real_jid]}
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["history", "archive"])
+async def test_restart_of_a_bot_that_never_saw_a_message_recovers_from_its_join(
+        archive, prosody, prosody_factory, make_client, account, room_jid, tmp_path):
+    """No message position was ever written (a quiet room, or a crash before
+    the lazy write): recovery starts at the last join, stored at once."""
+    server = prosody_factory(mam=True) if archive else prosody
+    await server.create_room(room_jid, history_length=50)
+    db = tmp_path / "bot.db"
+    jid, pw = account("quiet", server=server)
+    first = Bot(make_client, jid, pw, server=server)
+    await first.guard.open_store(db)
+    await first.start()
+    await first.guard.join(room_jid, "bot")
+    await first.stop()
+    talker_jid, talker_pw = account("talker", server=server)
+    talker = make_client(talker_jid.replace(resource="t"), talker_pw, server=server)
+    muc = talker.summon(aioxmpp.MUCClient)
+    await connected(talker)
+    room, fut = muc.join(room_jid, "talker", autorejoin=False)
+    await fut
+    said = [f"while away {i}" for i in range(10)]
+    await send_all(room, said)
+    second = Bot(make_client, jid, pw, server=server)
+    await second.guard.open_store(db)
+    inbox = Inbox(second)
+    await second.start()
+    await second.wait_event("rejoined", room_jid)
+    assert await eventually(lambda: _count(inbox, 10))
+    await asyncio.sleep(0.3)
+    assert inbox.bodies() == said
+    assert all(rec for _, rec, _ in inbox.items)
+    await second.stop()

@@ -181,7 +181,7 @@ async def test_cancelling_join_keeps_the_room_wanted(h):
 
 
 @pytest.mark.parametrize("bad", ["", "not a jid@@", "room@conference.localhost/nick",
-                                 "conference.localhost"])
+                                 "conference.localhost", "r@b@c", "r@b c"])
 async def test_bad_room_jids_are_refused_clearly(h, bad):
     with pytest.raises(ValueError):
         await h.guard.join(bad, "bot")
