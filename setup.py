@@ -25,6 +25,7 @@ setup(
         "aiosqlite>=0.20",
         "pytz",            # imported by aioxmpp, not declared by it
     ],
+    entry_points={"console_scripts": ["muc-guard = muc_guard.cli:main"]},
     extras_require={
         "test": [
             "pytest>=8",
