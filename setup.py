@@ -16,7 +16,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["muc_guard", "muc_guard.*"]),
-    package_data={"muc_guard": ["py.typed"]},
+    package_data={"muc_guard": ["py.typed"],
+                  "muc_guard.testing": ["prosody_modules/*.lua"]},
     python_requires=">=3.11",
     install_requires=[
         # On Python 3.13 aioxmpp's lxml~=4.0 pin cannot build: see README,

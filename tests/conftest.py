@@ -7,7 +7,7 @@
   tests that kill, restart or reconfigure the server.
 - ``make_client``: aioxmpp ``PresenceManagedClient`` factory pinned to a test
   server (no TLS, no DNS); every client is stopped at teardown.  Connect with
-  ``await connected(client)`` (from tests/prosody.py).
+  ``await connected(client)`` (from muc_guard.testing.prosody, re-exported as tests/prosody.py).
 - A per-test timeout (``@pytest.mark.timeout(seconds)``; default from the
   ``MUC_GUARD_TEST_TIMEOUT`` env var, else 60 s; 0 disables).  Async tests are
   cancelled at the await they are stuck in; sync tests get SIGALRM.

@@ -1,6 +1,6 @@
 """MUCGuard against a real Prosody: every way of losing a room, seen from both sides.
 
-Each scenario injects the fault through Prosody itself (tests/prosody.py) and
+Each scenario injects the fault through Prosody itself (muc_guard/testing/prosody.py) and
 checks the outcome twice: in the guard's signals and state, and in the
 server's own occupant list.
 """

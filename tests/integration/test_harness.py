@@ -1,4 +1,4 @@
-"""Proof that the Prosody test harness (tests/prosody.py + mod_muc_guard_test)
+"""Proof that the Prosody test harness (muc_guard.testing.prosody + mod_muc_guard_test)
 does what it claims, observed with plain aioxmpp clients only.
 
 Each fault is checked from both sides: what the client receives (Room.on_exit

@@ -2,7 +2,7 @@
 --
 -- Load it on the MUC component (Component "conference.localhost" "muc" with
 -- modules_enabled = { "muc_guard_test" }).  It exposes the global table
--- `muc_guard_test`, driven from tests/prosody.py through the admin socket:
+-- `muc_guard_test`, driven from muc_guard/testing/prosody.py through the admin socket:
 --
 --   >muc_guard_test.call("<function>", "<json array of arguments>")
 --
