@@ -39,7 +39,7 @@ import sqlite3
 import stat
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -310,7 +310,7 @@ class Store:
         return max(removed, 0)
 
     @staticmethod
-    def _room_from_row(row: tuple[Any, ...]) -> TrackedRoom:
+    def _room_from_row(row: Sequence[Any]) -> TrackedRoom:
         (room, requested_nick, nick, password, wanted, drops, last_cause,
          last_joined, last_dropped, added, last_id, last_ts, recent) = row
         jid = aioxmpp.JID.fromstr(room)

@@ -182,7 +182,7 @@ class _AdminParser:
     """Incremental parser for the admin stream's replies."""
 
     def __init__(self) -> None:
-        self._parser = ET.XMLPullParser(events=("start", "end"))
+        self._parser: ET.XMLPullParser = ET.XMLPullParser(events=("start", "end"))
         self._depth = 0
         self.opened = False
         self.closed = False
@@ -194,7 +194,10 @@ class _AdminParser:
             self.closed = True
             return
         self._parser.feed(data)
-        for event, elem in self._parser.read_events():
+        for pair in self._parser.read_events():
+            event = pair[0]
+            # Only "start"/"end" were asked for: the item is an Element.
+            elem: ET.Element = pair[1]  # type: ignore[assignment]
             if event == "start":
                 self._depth += 1
                 if self._depth == 1:
