@@ -34,7 +34,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 from xml.sax.saxutils import escape as xml_escape
 
 import aioxmpp
@@ -195,9 +195,8 @@ class _AdminParser:
             return
         self._parser.feed(data)
         for pair in self._parser.read_events():
-            event = pair[0]
             # Only "start"/"end" were asked for: the item is an Element.
-            elem: ET.Element = pair[1]  # type: ignore[assignment]
+            event, elem = cast("tuple[str, ET.Element]", pair)
             if event == "start":
                 self._depth += 1
                 if self._depth == 1:
