@@ -114,15 +114,16 @@ def local_time(timestamp: float | None) -> str:
 def downtime(rec: TrackedRoom) -> tuple[float | None, bool]:
     """(seconds from the last drop to the rejoin after it, still out).
 
-    Still out means the last drop came after the last join: nothing in the
-    store says the room was rejoined since.
+    The guard records that duration at the rejoin that ends the outage
+    (last_joined alone would also move with later joins, e.g. a restart).
+    Still out means the last drop came after the last join.
     """
     dropped, joined = rec.last_dropped, rec.last_joined
     if dropped is None:
         return None, False
-    if joined is not None and joined >= dropped:
-        return joined - dropped, False
-    return None, True
+    if joined is None or joined < dropped:
+        return None, True
+    return rec.last_downtime, False
 
 
 def human_duration(seconds: float) -> str:

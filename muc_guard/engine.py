@@ -573,7 +573,8 @@ class GuardEngine:
         self._watchdog.stream_lost()
         lost = [rec for rec in self._rooms.values() if rec.state is State.JOINED]
         if lost:
-            logger.warning("stream lost (%s): %d room(s) to rejoin", reason, len(lost))
+            logger.warning("stream lost%s: %d room(s) to rejoin",
+                           f" ({reason})" if reason is not None else "", len(lost))
         for rec in lost:
             self._dropped(rec, Cause.STREAM_LOST)
 
@@ -916,7 +917,11 @@ class GuardEngine:
             rec.nick = room.me.nick
         rec.confirmed = True
         rec.nick_change_pending = False
-        rec.last_joined = time.time()
+        now = time.time()
+        if rec.last_dropped is not None and (rec.last_joined is None
+                                             or rec.last_joined < rec.last_dropped):
+            rec.last_downtime = now - rec.last_dropped   # this join ends that outage
+        rec.last_joined = now
         self._saw_traffic(rec)
         self._quiet_builtin_self_ping(room)
         self._mark(rec)

@@ -57,6 +57,7 @@ class RoomInfo:
     last_joined: float | None         #: UNIX time of the last successful join
     last_dropped: float | None        #: UNIX time of the last drop
     room: "aioxmpp.muc.Room | None" = dataclasses.field(default=None, compare=False)
+    last_downtime: float | None = None  #: seconds from the last drop to its rejoin
     has_password: bool = False
 
 
@@ -74,6 +75,8 @@ class TrackedRoom:
     last_joined: float | None = None
     last_dropped: float | None = None
     added: float | None = None
+    #: seconds from the last drop to the rejoin that ended it
+    last_downtime: float | None = None
     #: the last message delivered by on_message (persisted, lazily)
     position: Position = dataclasses.field(default_factory=Position)
 
@@ -115,6 +118,7 @@ class TrackedRoom:
             last_cause=self.last_cause,
             last_joined=self.last_joined,
             last_dropped=self.last_dropped,
+            last_downtime=self.last_downtime,
             room=self.room if self.state is State.JOINED else None,
             has_password=self.password is not None,
         )

@@ -80,6 +80,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE rooms ADD COLUMN last_id TEXT",
         "ALTER TABLE rooms ADD COLUMN last_ts REAL",
         "ALTER TABLE rooms ADD COLUMN recent TEXT",
+        "ALTER TABLE rooms ADD COLUMN last_downtime REAL",
         # the resource each account last bound, for a stable full JID
         """CREATE TABLE accounts (
             account  TEXT PRIMARY KEY,
@@ -89,16 +90,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
+#: The columns _room_from_row reads, in its order.
+_ROOM_COLUMNS = ("room, requested_nick, nick, password, wanted, drops, last_cause, "
+                 "last_joined, last_dropped, added, last_id, last_ts, recent, last_downtime")
+
 _UPSERT = """
 INSERT INTO rooms (account, room, requested_nick, nick, password, wanted, drops,
-                   last_cause, last_joined, last_dropped, added, last_id, last_ts, recent)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   last_cause, last_joined, last_dropped, added, last_id, last_ts, recent,
+                   last_downtime)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (account, room) DO UPDATE SET
     requested_nick = excluded.requested_nick, nick = excluded.nick,
     password = excluded.password, wanted = excluded.wanted, drops = excluded.drops,
     last_cause = excluded.last_cause, last_joined = excluded.last_joined,
     last_dropped = excluded.last_dropped, last_id = excluded.last_id,
-    last_ts = excluded.last_ts, recent = excluded.recent
+    last_ts = excluded.last_ts, recent = excluded.recent,
+    last_downtime = excluded.last_downtime
 """
 
 
@@ -115,6 +122,7 @@ def _room_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
         rec.added if rec.added is not None else time.time(),
         rec.position.last_id, rec.position.last_ts,
         recent_to_json(rec.stream.recent() if rec.stream is not None else rec.position.recent),
+        rec.last_downtime,
     )
 
 
@@ -243,9 +251,7 @@ class Store:
         """All rooms stored for `account`; unreadable rows are skipped, not lost."""
         rooms = []
         async with self._conn.execute(
-            "SELECT room, requested_nick, nick, password, wanted, drops, last_cause, "
-            "last_joined, last_dropped, added, last_id, last_ts, recent FROM rooms "
-            "WHERE account = ? ORDER BY added",
+            f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE account = ? ORDER BY added",
             (account,),
         ) as cur:
             async for row in cur:
@@ -268,9 +274,7 @@ class Store:
         inspection tools; unreadable rows are skipped with a warning, not lost."""
         rooms = []
         async with self._conn.execute(
-            "SELECT account, room, requested_nick, nick, password, wanted, drops, "
-            "last_cause, last_joined, last_dropped, added, last_id, last_ts, recent "
-            "FROM rooms ORDER BY account, added",
+            f"SELECT account, {_ROOM_COLUMNS} FROM rooms ORDER BY account, added",
         ) as cur:
             async for row in cur:
                 account = row[0]
@@ -312,7 +316,7 @@ class Store:
     @staticmethod
     def _room_from_row(row: Sequence[Any]) -> TrackedRoom:
         (room, requested_nick, nick, password, wanted, drops, last_cause,
-         last_joined, last_dropped, added, last_id, last_ts, recent) = row
+         last_joined, last_dropped, added, last_id, last_ts, recent, last_downtime) = row
         jid = aioxmpp.JID.fromstr(room)
         if not jid.is_bare or not jid.localpart:
             raise ValueError(f"not a bare room JID: {room!r}")
@@ -330,6 +334,7 @@ class Store:
             last_dropped=last_dropped,
             added=added,
             position=Position(last_id, last_ts, recent_from_json(recent)),
+            last_downtime=last_downtime,
         )
 
     async def load_resource(self, account: str) -> str | None:

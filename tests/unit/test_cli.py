@@ -44,9 +44,10 @@ def room(jid: str, **kw) -> TrackedRoom:
 async def _build(path: pathlib.Path) -> None:
     store = await Store.open(path)
     await store.write(BOT, [
-        # dropped at -3700 s, back at -3000 s: 11m 40s out
-        room(LOUNGE, drops=2, last_cause=Cause.SERVER_ERROR,
-             last_dropped=NOW - 3700, last_joined=NOW - 3000, added=NOW - 5000),
+        # dropped at -3700 s, back at -3000 s: 11m 40s out; joined again at
+        # -1000 s by a restart, which must not stretch that outage
+        room(LOUNGE, drops=2, last_cause=Cause.SERVER_ERROR, last_downtime=700.0,
+             last_dropped=NOW - 3700, last_joined=NOW - 1000, added=NOW - 5000),
         # a password, and a nick the room rewrote (210)
         room(SECRET, nick="bot_", password=PASSWORD, last_joined=NOW - 50),
         # kicked: given up, still out
@@ -122,7 +123,7 @@ def test_rooms_table_has_every_column_aligned(db, capsys):
     lounge = (BOT, LOUNGE)
     assert cell(lounge, "STATE") == "wanted"
     assert cell(lounge, "LAST CAUSE") == "server-error"
-    assert cell(lounge, "LAST JOINED") == local(NOW - 3000)
+    assert cell(lounge, "LAST JOINED") == local(NOW - 1000)
     assert cell(lounge, "DOWNTIME") == "11m 40s"
     assert cell(lounge, "PASSWORD") == "-"
     assert cell((BOT, SECRET), "NICK") == "bot_ (wants bot)"
@@ -210,7 +211,7 @@ def test_json_has_machine_values_and_no_password(db, capsys):
     }
     joined = datetime.datetime.fromisoformat(lounge["last_joined"])
     assert joined.utcoffset() == datetime.timedelta(0)
-    assert joined.timestamp() == NOW - 3000
+    assert joined.timestamp() == NOW - 1000
     assert datetime.datetime.fromisoformat(lounge["added"]).timestamp() == NOW - 5000
     assert by[(BOT, SECRET)]["has_password"] is True
     assert by[(BOT, SECRET)]["nick"] == "bot_"
@@ -425,7 +426,7 @@ def test_python_dash_m(db):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("ACCOUNT")
     assert LOUNGE in done.stdout and PASSWORD not in done.stdout
-    utc = datetime.datetime.fromtimestamp(NOW - 3000, datetime.timezone.utc)
+    utc = datetime.datetime.fromtimestamp(NOW - 1000, datetime.timezone.utc)
     assert utc.strftime("%Y-%m-%d %H:%M:%S") in done.stdout   # local time, here UTC
     missing = subprocess.run([sys.executable, "-m", "muc_guard", "rooms", "--db",
                               str(db.parent / "nope.db")],

@@ -229,3 +229,15 @@ async def test_mixin_without_mucclient_dependency_is_a_clear_error():
                             aioxmpp.make_security_layer("unused"))
     with pytest.raises(TypeError, match="ORDER_AFTER"):
         client.summon(Forgetful)
+
+
+async def test_downtime_is_recorded_at_the_rejoin_that_ends_the_outage(h):
+    await h.joined()
+    h.feed(self_unavailable(ROOM, "bot", 110, 333))
+    await h.settle()
+    await asyncio.sleep(0.2)                           # out for a moment
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    info = h.state()
+    assert 0.2 <= info.last_downtime < 1.0
+    assert info.last_downtime == pytest.approx(info.last_joined - info.last_dropped)
