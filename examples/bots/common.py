@@ -122,11 +122,25 @@ def make_parser(prog: str, description: str, examples: str) -> argparse.Argument
                         help="with --server: allow a connection without TLS, for a "
                              "local test server that offers none. The password then "
                              "crosses the network unencrypted")
+    parser.add_argument("--ping-idle", type=_positive_seconds, default=None, metavar="SECONDS",
+                        help="self-ping a room (XEP-0410) after this many seconds without "
+                             "any traffic from it, to find silent drops (default: "
+                             "muc_guard's own, 300)")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much to log (default: %(default)s; aioxmpp's own lines "
                              "only at DEBUG)")
     return parser
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {value!r}")
+    return seconds
 
 
 def _domain_ok(jid: aioxmpp.JID) -> bool:
@@ -346,6 +360,8 @@ async def run(settings: Settings, setup: SetupFn) -> int:
     client = make_client(settings)
     guard = client.summon(muc_guard.MUCGuard)
     bot = Bot(settings, client, guard)
+    if settings.args.ping_idle is not None:
+        guard.ping_idle = settings.args.ping_idle
     _log_guard_signals(guard)
     try:
         await guard.open_store(settings.db)
