@@ -33,13 +33,14 @@ The rules it follows:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
 import stat
 import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -297,20 +298,9 @@ class Store:
         if account is not None:
             sql += " AND account = ?"
             args += (account,)
-        async with self._lock:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    async with self._conn.execute(sql, args) as cur:
-                        removed = cur.rowcount
-                    await self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        await self._conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot write store {self.path!r}: {exc}") from exc
-            self.transactions += 1
+        async with self._write_transaction() as conn:
+            async with conn.execute(sql, args) as cur:
+                removed = cur.rowcount
         return max(removed, 0)
 
     @staticmethod
@@ -344,30 +334,32 @@ class Store:
         return row[0] if row and isinstance(row[0], str) and row[0] else None
 
     async def save_resource(self, account: str, resource: str) -> None:
-        async with self._lock:
-            try:
-                await self._conn.execute(
-                    "INSERT INTO accounts (account, resource) VALUES (?, ?) "
-                    "ON CONFLICT (account) DO UPDATE SET resource = excluded.resource",
-                    (account, resource))
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot write store {self.path!r}: {exc}") from exc
-            self.transactions += 1
+        async with self._write_transaction() as conn:
+            await conn.execute(
+                "INSERT INTO accounts (account, resource) VALUES (?, ?) "
+                "ON CONFLICT (account) DO UPDATE SET resource = excluded.resource",
+                (account, resource))
 
     async def write(self, account: str, upserts: Iterable[TrackedRoom],
                     deletes: Iterable[aioxmpp.JID]) -> None:
         """Apply upserts and deletes for `account` in one durable transaction."""
         rows = [_room_row(account, rec) for rec in upserts]
         gone = [(account, str(jid)) for jid in deletes]
+        async with self._write_transaction() as conn:
+            if rows:
+                await conn.executemany(_UPSERT, rows)
+            if gone:
+                await conn.executemany("DELETE FROM rooms WHERE account = ? AND room = ?", gone)
+
+    @contextlib.asynccontextmanager
+    async def _write_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One durable write transaction: BEGIN IMMEDIATE ... COMMIT, rolled
+        back on any error; SQLite errors become StoreError naming the file."""
         async with self._lock:
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    if rows:
-                        await self._conn.executemany(_UPSERT, rows)
-                    if gone:
-                        await self._conn.executemany(
-                            "DELETE FROM rooms WHERE account = ? AND room = ?", gone)
+                    yield self._conn
                     await self._conn.execute("COMMIT")
                 except BaseException:
                     if self._conn.in_transaction:

@@ -41,6 +41,17 @@ class Inbox:
         return [body for body, _, _ in self.items]
 
 
+async def talker_in(room_jid, server, account, make_client) -> aioxmpp.muc.Room:
+    """Another account, in the room with plain aioxmpp, ready to talk."""
+    jid, password = account("talker", server=server)
+    client = make_client(jid.replace(resource="t"), password, server=server)
+    muc = client.summon(aioxmpp.MUCClient)
+    await connected(client)
+    room, fut = muc.join(room_jid, "talker", autorejoin=False)
+    await fut
+    return room
+
+
 async def send_all(room, texts, pause: float = 0.0):
     for text in texts:
         await room.send_message(groupchat(text))
@@ -68,12 +79,7 @@ async def test_every_message_once_in_order_across_a_drop(how, archive, prosody,
     await bot.start()
     await bot.guard.join(room_jid, "bot")
 
-    talker_jid, talker_pw = account("talker", server=prosody)
-    talker = make_client(talker_jid.replace(resource="t"), talker_pw, server=prosody)
-    muc = talker.summon(aioxmpp.MUCClient)
-    await connected(talker)
-    room, fut = muc.join(room_jid, "talker", autorejoin=False)
-    await fut
+    room = await talker_in(room_jid, prosody, account, make_client)
 
     before = [f"before {i}" for i in range(5)]
     missed = [f"missed {i}" for i in range(N)]
@@ -193,12 +199,7 @@ async def test_restart_of_a_bot_that_never_saw_a_message_recovers_from_its_join(
     await first.start()
     await first.guard.join(room_jid, "bot")
     await first.stop()
-    talker_jid, talker_pw = account("talker", server=server)
-    talker = make_client(talker_jid.replace(resource="t"), talker_pw, server=server)
-    muc = talker.summon(aioxmpp.MUCClient)
-    await connected(talker)
-    room, fut = muc.join(room_jid, "talker", autorejoin=False)
-    await fut
+    room = await talker_in(room_jid, server, account, make_client)
     said = [f"while away {i}" for i in range(10)]
     await send_all(room, said)
     second = Bot(make_client, jid, pw, server=server)
