@@ -1,0 +1,250 @@
+"""
+A bot in a child process, driven by the benchmark (``bench.common.BotProc``).
+
+Why a process of its own: its CPU time is then only the bot's (not the
+server's, not the sender's, not the benchmark's), and scenario 8 measures a
+bot's start from process creation, imports and store opening included.
+
+``python -m bench.botproc '<json config>'``. The child reports JSON lines on
+stdout (``started``, ``joined``, answers to commands, ``error``) and reads
+JSON commands on stdin: ``mark`` (CPU time and counters now), ``pings``
+(every self-ping it sent), ``stop`` (graceful shutdown). It exits when stdin
+closes, so it never outlives the benchmark.
+
+Modes: ``guard`` (aioxmpp + muc_guard.MUCGuard; rooms from its store or
+joined with ``guard.join``) and ``plain`` (aioxmpp's MUCClient alone, rooms
+joined with a bounded number of joins in flight). Nothing but aioxmpp is
+imported in plain mode, so its start-up is a fair baseline.
+
+Config keys: mode, host, port, password, muc_domain, jid, resource, nick,
+room_prefix, room_count, join ("store" | "join"), store, ping_idle,
+ping_timeout, max_concurrent_joins, concurrency, probe, join_wait.
+"""
+
+from __future__ import annotations
+
+import time
+
+T_START = time.monotonic()
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+from datetime import timedelta  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"ev": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Probe:
+    """Counts self-pings and checks each against the room's last stanza
+    (same as bench.common.Probe, without importing muc_guard)."""
+
+    def __init__(self, client: Any, ping_idle: float | None, rooms: dict[Any, int]) -> None:
+        import aioxmpp
+        import aioxmpp.ping
+
+        self.rooms = rooms
+        self.ping_idle = ping_idle
+        self.last_rx: dict[Any, float] = {}
+        self.sent: list[float] = []
+        self.sent_room: list[int] = []
+        self.rtt: list[float] = []
+        self.violations = 0
+        self.min_silence: float | None = None
+        self.answered = 0
+        stream = client.stream
+        stream.app_inbound_presence_filter.register(self._rx, -1000)
+        stream.app_inbound_message_filter.register(self._rx, -1000)
+        original = client.send
+
+        async def send(stanza: Any, *args: Any, **kwargs: Any) -> Any:
+            if not (isinstance(stanza, aioxmpp.IQ)
+                    and isinstance(stanza.payload, aioxmpp.ping.Ping)):
+                return await original(stanza, *args, **kwargs)
+            now = time.monotonic()
+            room = stanza.to.bare()
+            last = self.last_rx.get(room)
+            if last is not None:
+                silence = now - last
+                if self.min_silence is None or silence < self.min_silence:
+                    self.min_silence = silence
+                if self.ping_idle is not None and silence < self.ping_idle:
+                    self.violations += 1
+            self.sent.append(now)
+            self.sent_room.append(self.rooms.get(room, -1))
+            try:
+                result = await original(stanza, *args, **kwargs)
+                self.last_rx[room] = time.monotonic()   # the answer is a stanza from the room
+                return result
+            finally:
+                self.answered += 1
+                self.rtt.append(time.monotonic() - now)
+
+        client.send = send
+
+    def _rx(self, stanza: Any) -> Any:
+        if stanza.from_ is not None:
+            self.last_rx[stanza.from_.bare()] = time.monotonic()
+        return stanza
+
+
+async def main(config: dict[str, Any]) -> None:
+    import aioxmpp
+    import aioxmpp.connector
+    import aioxmpp.muc
+    import aioxmpp.node
+
+    async def no_discovery(*args: Any, **kwargs: Any) -> list:
+        return []
+
+    aioxmpp.node.discover_connectors = no_discovery   # 127.0.0.1 only
+
+    mode = config["mode"]
+    guard_mode = mode == "guard"
+    if guard_mode:
+        import muc_guard
+    t_imported = time.monotonic()
+
+    loop = asyncio.get_running_loop()
+    muc_domain = config["muc_domain"]
+    jids = [aioxmpp.JID(f"{config['room_prefix']}{i}", muc_domain, None)
+            for i in range(config["room_count"])]
+    index = {jid: i for i, jid in enumerate(jids)}
+    nick = config.get("nick", "bot")
+
+    jid = aioxmpp.JID.fromstr(config["jid"])
+    if config.get("resource"):
+        jid = jid.replace(resource=config["resource"])
+    layer = aioxmpp.make_security_layer(config["password"], no_verify=True)._replace(
+        tls_required=False)
+    client = aioxmpp.PresenceManagedClient(
+        jid, layer,
+        override_peer=[(config["host"], config["port"], aioxmpp.connector.STARTTLSConnector())],
+        negotiation_timeout=timedelta(seconds=30))
+
+    messages = 0
+    rejoined = 0
+    all_joined = asyncio.Event()
+    times: dict[str, float] = {"t_start": T_START, "t_imported": t_imported}
+
+    def on_message(*args: Any, **kwargs: Any) -> None:
+        nonlocal messages
+        messages += 1
+
+    probe = Probe(client, config.get("ping_idle"), index) if config.get("probe") else None
+    guard = None
+    if guard_mode:
+        guard = client.summon(muc_guard.MUCGuard)
+        if config.get("ping_idle") is not None:
+            guard.ping_idle = config["ping_idle"]
+        if config.get("ping_timeout") is not None:
+            guard.ping_timeout = config["ping_timeout"]
+        if config.get("max_concurrent_joins") is not None:
+            guard.max_concurrent_joins = config["max_concurrent_joins"]
+        guard.on_message.connect(on_message)
+
+        def on_rejoined(room: Any, *args: Any) -> None:
+            nonlocal rejoined
+            rejoined += 1
+            if rejoined >= len(jids):
+                all_joined.set()
+
+        guard.on_rejoined.connect(on_rejoined)
+        if config.get("store"):
+            times["t_store0"] = time.monotonic()
+            await guard.open_store(config["store"])
+            times["t_store1"] = time.monotonic()
+    else:
+        muc = client.summon(aioxmpp.MUCClient)
+
+    # connect
+    times["t_conn0"] = time.monotonic()
+    established = loop.create_future()
+    client.on_stream_established.connect(established, client.on_stream_established.AUTO_FUTURE)
+    client.on_failure.connect(established, client.on_failure.AUTO_FUTURE)
+    client.presence = aioxmpp.PresenceState(True)
+    await asyncio.wait_for(established, 30.0)
+    times["t_conn1"] = time.monotonic()
+
+    join_wait = float(config.get("join_wait", 120.0))
+    if guard_mode and config.get("join") == "store":
+        try:
+            await asyncio.wait_for(all_joined.wait(), join_wait)
+        except asyncio.TimeoutError:
+            pass
+        joined = rejoined
+    elif guard_mode:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(guard.join(j, nick) for j in jids), return_exceptions=True),
+            join_wait)
+        joined = sum(1 for r in results if not isinstance(r, BaseException))
+    else:
+        sem = asyncio.Semaphore(int(config.get("concurrency", 32)))
+
+        async def join_one(room_jid: Any) -> bool:
+            async with sem:
+                room, fut = muc.join(room_jid, nick)
+                room.on_message.connect(on_message)
+                await fut
+                return True
+
+        results = await asyncio.wait_for(
+            asyncio.gather(*(join_one(j) for j in jids), return_exceptions=True), join_wait)
+        joined = sum(1 for r in results if r is True)
+    times["t_joined"] = time.monotonic()
+    emit("joined", n=joined, complete=joined == len(jids), cpu=cpu_seconds(), **times)
+
+    # commands
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        cmd = json.loads(line).get("cmd")
+        if cmd == "mark":
+            store = getattr(getattr(guard, "_guard", None), "_store", None)
+            emit("mark", t=time.monotonic(), cpu=cpu_seconds(), msgs=messages,
+                 pings=len(probe.sent) if probe else None,
+                 answered=probe.answered if probe else None,
+                 violations=probe.violations if probe else None,
+                 min_silence=probe.min_silence if probe else None,
+                 tx=store.transactions if store is not None else None)
+        elif cmd == "pings":
+            emit("pings", sent=probe.sent if probe else [],
+                 rooms=probe.sent_room if probe else [], rtt=probe.rtt if probe else [])
+        elif cmd == "stop":
+            break
+    if guard is not None:
+        await asyncio.wait_for(guard.shutdown(), 30.0)
+    stopped = loop.create_future()
+    client.on_stopped.connect(stopped, client.on_stopped.AUTO_FUTURE)
+    client.stop()
+    try:
+        await asyncio.wait_for(stopped, 10.0)
+    except Exception:
+        pass
+    emit("stopped")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    emit("started", t=T_START)
+    try:
+        asyncio.run(main(json.loads(sys.argv[1])))
+    except Exception as exc:  # report, then fail
+        logging.exception("bot failed")
+        emit("error", error=f"{type(exc).__name__}: {exc}")
+        sys.exit(1)

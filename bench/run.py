@@ -1,0 +1,148 @@
+"""
+The benchmark entry point: ``python -m bench`` or ``python bench/run.py``.
+
+It starts a private Prosody on 127.0.0.1 (``muc_guard.testing.prosody``),
+runs every scenario (or those given with ``--only``), prints a table, and
+writes ``bench/RESULTS.md`` (a full run) with the machine, the versions, the
+date, every figure (min/median/p95/max and the ratio to its baseline) and
+every target with its verdict.
+
+    python -m bench                  # full run, about ten minutes on 2 cores
+    python -m bench --smoke          # tiny sizes, a few seconds (the test suite runs this)
+    python -m bench --only 1,7       # some scenarios
+    python -m bench --results FILE   # write the report elsewhere
+    python -m bench --no-write       # print only
+
+The exit status is 0 when every scenario ran (targets missed included: a
+miss is a result), 1 when a scenario failed to run, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+
+if __package__ in (None, ""):   # run as a script: bench/run.py
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    __package__ = "bench"
+
+from bench import report  # noqa: E402
+from bench.common import SMOKE, Context, ScenarioResult, Sizes, pin_loopback  # noqa: E402
+
+SCENARIOS = {
+    1: "bench.s1_signalled",
+    2: "bench.s2_silent",
+    3: "bench.s3_correlated",
+    4: "bench.s4_cold_start",
+    5: "bench.s5_steady",
+    6: "bench.s6_idle",
+    7: "bench.s7_memory",
+    8: "bench.s8_restart",
+}
+
+DEFAULT_RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
+
+log = logging.getLogger("bench")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
+    parser.add_argument("--only", default="", help="comma-separated scenario numbers, e.g. 1,3")
+    parser.add_argument("--results", type=pathlib.Path, default=None,
+                        help=f"where to write the report (default for a full run: {DEFAULT_RESULTS})")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--nagle", action="store_true",
+                        help="run Prosody with Nagle's algorithm on (default: off, as in its tests)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        args.scenarios = sorted({int(x) for x in args.only.split(",") if x.strip()}) or list(SCENARIOS)
+    except ValueError:
+        parser.error(f"--only takes scenario numbers, not {args.only!r}")
+    unknown = [n for n in args.scenarios if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"no such scenario: {unknown} (there are {sorted(SCENARIOS)})")
+    return args
+
+
+async def run_all(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, str]]:
+    from muc_guard.testing.prosody import ProsodyServer
+
+    pin_loopback()
+    sizes: Sizes = SMOKE if args.smoke else Sizes()
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="muc-guard-bench-"))
+    server = ProsodyServer(
+        workdir / "prosody", nagle=args.nagle, log_level="info",
+        # Prosody keeps only 100 rooms in memory by default and swaps the rest
+        # to disk; the scenarios hold up to 1,000 rooms per client.
+        extra_muc_config="    muc_room_cache_size = 100000",
+    )
+    # Library and aioxmpp logs go to a file (as a bot's would), not the terminal.
+    handler = logging.FileHandler(workdir / "bench.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    results: list[ScenarioResult] = []
+    started = time.monotonic()
+    await server.astart()
+    ctx = Context(server, sizes, workdir, args.smoke)
+    info = report.machine_info(server, args, sizes)
+    try:
+        for number in args.scenarios:
+            module = importlib.import_module(SCENARIOS[number])
+            res = ScenarioResult(number, module.TITLE)
+            print(f"[bench] scenario {number}: {module.TITLE} ...", flush=True)
+            logging.getLogger("bench").warning("=== scenario %d: %s", number, module.TITLE)
+            t0 = time.monotonic()
+            try:
+                await module.run(ctx, res)
+            except Exception as exc:
+                res.error = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            finally:
+                await ctx.cleanup()
+                res.seconds = time.monotonic() - t0
+            print(f"[bench] scenario {number} done in {res.seconds:.1f} s"
+                  + (f" (ERROR: {res.error})" if res.error else ""), flush=True)
+            if res.error:
+                print(f"[bench] logs: {workdir / 'bench.log'} (use --keep to keep them)")
+            results.append(res)
+    finally:
+        await ctx.cleanup()
+        await server.astop()
+        if args.keep:
+            print(f"[bench] work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    info["duration"] = f"{(time.monotonic() - started) / 60:.1f} min"
+    return results, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results, info = asyncio.run(run_all(args))
+    print()
+    print(report.text_table(results))
+    target = args.results
+    if target is None and not args.smoke and not args.no_write:
+        target = DEFAULT_RESULTS
+    if target is not None and not args.no_write:
+        target.write_text(report.markdown(results, info))
+        print(f"\n[bench] wrote {target}")
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""
+Scenario 5: steady state. 1,000 joined rooms; another account sends 500
+messages per second, each to a room chosen at random, for 60 s.
+
+Two bots sit in the same 1,000 rooms at the same time, each in a child
+process of its own (``bench.botproc``): one with the guard (store open,
+``on_message`` subscribed), one with aioxmpp's MUCClient alone
+(``Room.on_message`` subscribed on every room). Both receive exactly the same
+messages at the same moments, so their CPU times compare directly. The
+sender runs in the benchmark process; Prosody's CPU is its own.
+
+Measured per window (``--`` every 10 s): each bot's CPU seconds (its own
+``getrusage``), the guard's store write transactions, its self-pings. A
+self-ping to a room that had a stanza within ``ping_idle`` is a violation.
+``ping_idle`` is 10 s here (not the default 300 s) so that the idle logic is
+exercised within the minute: a room gets a message every 2 s on average, and
+a few go quiet for longer than 10 s by chance, which earns them a legitimate
+ping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import aioxmpp
+
+from .common import Context, ScenarioResult, fmt
+
+TITLE = "Steady state: 1,000 rooms, 500 messages/s for 60 s"
+
+
+async def _send(client: aioxmpp.Client, rooms: list[aioxmpp.JID], rate: float,
+                seconds: float, rng: random.Random) -> int:
+    """Send at `rate` per second for `seconds`, each to a random room."""
+    t0 = time.monotonic()
+    sent = 0
+    while True:
+        elapsed = time.monotonic() - t0
+        if elapsed >= seconds:
+            break
+        due = min(int(elapsed * rate), int(seconds * rate))
+        while sent < due:
+            msg = aioxmpp.Message(to=rng.choice(rooms), type_=aioxmpp.MessageType.GROUPCHAT)
+            msg.body[None] = f"steady state message {sent}"
+            client.enqueue(msg)
+            sent += 1
+        await asyncio.sleep(0.01)
+    return sent
+
+
+async def run(ctx: Context, res: ScenarioResult) -> None:
+    sz = ctx.sizes
+    rooms = await ctx.rooms("busy", sz.s5_rooms)
+
+    sender_jid = await ctx.account("s5send")
+    sender = ctx.client(sender_jid, "sender")
+    sender_muc = sender.summon(aioxmpp.MUCClient)
+    await ctx.connect(sender)
+    sem = asyncio.Semaphore(32)
+
+    async def join(room: aioxmpp.JID) -> None:
+        async with sem:
+            _, fut = sender_muc.join(room, "sender")
+            await fut
+
+    await asyncio.wait_for(asyncio.gather(*(join(r) for r in rooms)), 120)
+
+    common = {"room_prefix": "busy", "room_count": sz.s5_rooms,
+              "probe": True, "ping_idle": sz.s5_ping_idle, "join_wait": 120}
+    g_jid, p_jid = await ctx.account("s5guard"), await ctx.account("s5plain")
+    guard = await ctx.bot({**common, "mode": "guard", "jid": str(g_jid), "resource": "bench", "nick": "guard",
+                           "join": "join", "store": str(ctx.workdir / "s5.db")}, "s5-guard")
+    plain = await ctx.bot({**common, "mode": "plain", "jid": str(p_jid), "resource": "bench", "nick": "plain",
+                           "concurrency": 32}, "s5-plain")
+    g_joined, p_joined = await asyncio.gather(guard.expect("joined", 150),
+                                              plain.expect("joined", 150))
+    if not (g_joined["complete"] and p_joined["complete"]):
+        raise RuntimeError(f"bots did not join every room: guard {g_joined['n']}, "
+                           f"plain {p_joined['n']}")
+    await asyncio.sleep(3.0 if not ctx.smoke else 0.5)   # join aftermath settles
+
+    marks: list[tuple[dict[str, Any], dict[str, Any], float]] = []
+
+    async def mark() -> None:
+        g, p = await asyncio.gather(guard.command("mark", "mark"), plain.command("mark", "mark"))
+        marks.append((g, p, ctx.prosody_cpu()))
+
+    async def marker(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), sz.s5_window)
+            except asyncio.TimeoutError:
+                await mark()
+
+    await mark()
+    stop = asyncio.Event()
+    marking = asyncio.create_task(marker(stop))
+    sent = await _send(sender, rooms, sz.s5_rate, sz.s5_seconds, random.Random(5))
+    stop.set()
+    await marking
+    # drain: both bots have every message (bounded)
+    deadline = time.monotonic() + 20
+    base_g, base_p = marks[0][0]["msgs"], marks[0][1]["msgs"]
+    while time.monotonic() < deadline:
+        await mark()
+        g, p, _ = marks[-1]
+        if g["msgs"] - base_g >= sent and p["msgs"] - base_p >= sent:
+            break
+        marks.pop()
+        await asyncio.sleep(0.25)
+    else:
+        await mark()
+    await guard.stop()
+    await plain.stop()
+
+    first, last = marks[0], marks[-1]
+    g_cpu = last[0]["cpu"] - first[0]["cpu"]
+    p_cpu = last[1]["cpu"] - first[1]["cpu"]
+    g_msgs = last[0]["msgs"] - first[0]["msgs"]
+    p_msgs = last[1]["msgs"] - first[1]["msgs"]
+    wall = last[0]["t"] - first[0]["t"]
+    windows = list(zip(marks, marks[1:]))
+    w_g = [b[0]["cpu"] - a[0]["cpu"] for a, b in windows]
+    w_p = [b[1]["cpu"] - a[1]["cpu"] for a, b in windows]
+    tx = lambda m: m["tx"] or 0  # noqa: E731  (None without a store)
+    w_tx = [(tx(b[0]) - tx(a[0])) / (b[0]["t"] - a[0]["t"]) for a, b in windows]
+    tx_total = tx(last[0]) - tx(first[0])
+    pings = last[0]["pings"] - first[0]["pings"]
+    violations = last[0]["violations"] - first[0]["violations"]
+
+    p_fig = res.figure("plain aioxmpp bot: CPU per window", "s", w_p)
+    res.figure("guard bot: CPU per window", "s", w_g, baseline=p_fig)
+    res.figure("guard/plain CPU ratio per window", "×",
+               [g / p for g, p in zip(w_g, w_p) if p > 0])
+    pm = res.figure("plain: CPU per message received", "µs", [p_cpu / max(1, p_msgs) * 1e6])
+    res.figure("guard: CPU per message delivered", "µs", [g_cpu / max(1, g_msgs) * 1e6],
+               baseline=pm)
+    res.figure("guard: store write transactions per second", "1/s", w_tx)
+    res.figure("Prosody CPU per window", "s", [b[2] - a[2] for a, b in windows])
+
+    ratio = g_cpu / p_cpu if p_cpu > 0 else float("nan")
+    res.check("client CPU with the guard ≤ 1.10 × without",
+              f"{fmt(g_cpu)} s vs {fmt(p_cpu)} s over {fmt(wall)} s = {ratio:.2f} ×",
+              ratio <= 1.10)
+    res.check("store write transactions ≤ 1 per second",
+              f"{tx_total} in {fmt(wall)} s = {tx_total / wall:.2f}/s; busiest window "
+              f"{max(w_tx, default=0):.2f}/s", max(w_tx, default=0) <= 1.0)
+    res.check("zero self-pings to rooms with traffic within ping_idle",
+              f"{violations} of {pings} self-pings (min silence before a ping: "
+              f"{fmt(last[0]['min_silence'])} s; ping_idle {sz.s5_ping_idle:g} s)",
+              violations == 0)
+    res.note(f"Sent {sent} messages ({sz.s5_rate:g}/s for {sz.s5_seconds:g} s) to "
+             f"{len(rooms)} rooms chosen at random; delivered: guard {g_msgs}, plain {p_msgs}. "
+             f"Windows of {sz.s5_window:g} s; the last one includes the drain.")
+    res.note(f"Both bots joined with 32 joins in flight; ping_idle = {sz.s5_ping_idle:g} s for "
+             f"the guard; the plain bot keeps aioxmpp's own self-ping defaults "
+             f"(first ping after 13 min, so none here).")

@@ -1,0 +1,48 @@
+"""The benchmark suite in smoke size, so that it cannot rot.
+
+Runs ``python -m bench --smoke`` as a subprocess (it starts its own Prosody on
+127.0.0.1 and kills every process it starts), bounded in time, and checks that
+it exits 0, prints the table with every scenario and writes its report. The
+figures of a smoke run mean nothing: targets may pass or fail; only a
+scenario that cannot run fails this test.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TIMEOUT = 90.0
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(TIMEOUT + 30)
+def test_bench_smoke(tmp_path: pathlib.Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--smoke", "--results", str(results)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # By its PID; its Prosody and bot processes die with it (PR_SET_PDEATHSIG).
+        proc.kill()
+        out, _ = proc.communicate(timeout=10)
+        pytest.fail(f"bench --smoke did not finish within {TIMEOUT:g} s:\n{out[-4000:]}")
+    assert proc.returncode == 0, f"bench --smoke exited {proc.returncode}:\n{out[-4000:]}"
+    assert "targets:" in out, out[-4000:]
+    for number in range(1, 9):
+        assert f"[bench] scenario {number} done" in out, out[-4000:]
+    assert "ERROR" not in out, out[-4000:]
+    text = results.read_text()
+    assert "## Targets" in text and "## Figures" in text
+    assert "Prosody (`dpkg-query -W prosody`)" in text
