@@ -145,7 +145,13 @@ def markdown(results: list[ScenarioResult], info: dict[str, str]) -> str:
     for res in results:
         out.append(f"### {res.number}. {res.title}")
         out.append("")
-        out.append(f"Ran for {res.seconds:.0f} s.")
+        if res.method:
+            # the module docstring without its one-line title
+            body = res.method.split("\n\n", 1)[1] if "\n\n" in res.method else ""
+            if body:
+                out.append(body)
+                out.append("")
+        out.append(f"This run: {res.seconds:.0f} s.")
         out.append("")
         for note in res.notes:
             out.append(f"* {note}")

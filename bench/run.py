@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import inspect
 import logging
 import pathlib
 import shutil
@@ -102,7 +103,7 @@ async def run_all(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[
     try:
         for number in args.scenarios:
             module = importlib.import_module(SCENARIOS[number])
-            res = ScenarioResult(number, module.TITLE)
+            res = ScenarioResult(number, module.TITLE, method=inspect.cleandoc(module.__doc__ or ""))
             print(f"[bench] scenario {number}: {module.TITLE} ...", flush=True)
             logging.getLogger("bench").warning("=== scenario %d: %s", number, module.TITLE)
             t0 = time.monotonic()
@@ -126,7 +127,8 @@ async def run_all(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[
             print(f"[bench] work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    info["duration"] = f"{(time.monotonic() - started) / 60:.1f} min"
+    took = time.monotonic() - started
+    info["duration"] = f"{took / 60:.1f} min" if took >= 120 else f"{took:.0f} s"
     return results, info
 
 

@@ -36,7 +36,8 @@ def _client_nodelay(client: aioxmpp.Client) -> str:
         transport = client.stream._xmlstream._transport
         sock = transport.get_extra_info("socket")
         value = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        return "on (TCP_NODELAY set)" if value else "on (Nagle active, TCP_NODELAY not set)"
+        return ("off (TCP_NODELAY set)" if value
+                else "on (aioxmpp/aioopenssl do not set TCP_NODELAY)")
     except Exception as exc:  # aioxmpp internals differ
         return f"unknown ({type(exc).__name__})"
 
@@ -130,6 +131,6 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
               f"{rejoined_base}/{len(base_rooms)} rejoined", rejoined_base == 0)
     res.note(f"Server: Prosody with network_settings nagle={str(ctx.server.nagle).lower()} "
              f"({'Nagle on' if ctx.server.nagle else 'TCP_NODELAY on its sockets'}). "
-             f"Client socket: Nagle {nodelay}.")
+             f"The bot's client socket: Nagle {nodelay}.")
     res.note(f"{sz.s1_trials} trials over {len(bot_rooms)} rooms, interleaved with the floor "
              f"joins; p99 of the guard figure: {fmt(s.p99)} ms.")

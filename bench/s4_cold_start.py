@@ -73,7 +73,7 @@ async def _plain(ctx: Context, rooms: list[aioxmpp.JID], concurrency: int) -> di
     wall = time.monotonic() - t0
     out = {"wall": wall, "cpu": time.process_time() - cpu0, "server": ctx.prosody_cpu() - srv0}
     await ctx.stop_client(client)
-    await asyncio.sleep(0.3)
+    await ctx.server_quiet()
     return out
 
 
@@ -97,13 +97,14 @@ async def _guard(ctx: Context, rooms: list[aioxmpp.JID], concurrency: int, tag: 
            "open": t_open, "complete": done,
            "tx": guard._guard._store.transactions}
     await ctx.cleanup()
-    await asyncio.sleep(0.3)
+    await ctx.server_quiet()
     return out
 
 
 async def run(ctx: Context, res: ScenarioResult) -> None:
     sz = ctx.sizes
     rooms = await ctx.rooms("idle", sz.s4_rooms)
+    await ctx.server_quiet()
     median = lambda runs, key: sorted(r[key] for r in runs)[len(runs) // 2]  # noqa: E731
 
     # A: find the plain loop's best concurrency (two runs each, interleaved)

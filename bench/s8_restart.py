@@ -42,7 +42,7 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
     if not joined["complete"]:
         raise RuntimeError(f"first run joined {joined['n']} of {sz.s8_rooms} rooms")
     await first.stop()
-    await asyncio.sleep(0.5)
+    await ctx.server_quiet()
 
     runs: dict[str, list[dict[str, Any]]] = {"guard": [], "plain": []}
     for rep in range(sz.s8_repeats):
@@ -54,7 +54,7 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
             msg["spawned"] = bot.spawned_at
             runs[kind].append(msg)
             await bot.stop()
-            await asyncio.sleep(0.5)
+            await ctx.server_quiet()
 
     g, p = runs["guard"], runs["plain"]
     base = res.figure(f"plain aioxmpp process, {concurrency} joins in flight: start → all joined",
