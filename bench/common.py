@@ -524,6 +524,9 @@ class BotProc:
             if not line:
                 raise BotProcError(f"{self.name} exited (rc={self.proc.returncode}) "
                                    f"before {event!r}; log: {self.log_tail()}")
+            if not line.startswith(b"{"):
+                log.info("%s: %s", self.name, line.decode(errors="replace").rstrip())
+                continue   # not ours (e.g. a profiler wrapping the child)
             msg = json.loads(line)
             if msg.get("ev") == "error":
                 raise BotProcError(f"{self.name}: {msg.get('error')}")

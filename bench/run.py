@@ -9,7 +9,7 @@ every target with its verdict.
 
     python -m bench                  # full run, about ten minutes on 2 cores
     python -m bench --smoke          # tiny sizes, a few seconds (the test suite runs this)
-    python -m bench --only 1,7       # some scenarios
+    python -m bench --only 1,7       # some scenarios (prints; writes only with --results)
     python -m bench --results FILE   # write the report elsewhere
     python -m bench --no-write       # print only
 
@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     parser.add_argument("--only", default="", help="comma-separated scenario numbers, e.g. 1,3")
     parser.add_argument("--results", type=pathlib.Path, default=None,
-                        help=f"where to write the report (default for a full run: {DEFAULT_RESULTS})")
+                        help="where to write the report (default: bench/RESULTS.md, and only "
+                             "for a full run of every scenario)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--nagle", action="store_true",
                         help="run Prosody with Nagle's algorithm on (default: off, as in its tests)")
@@ -138,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.text_table(results))
     target = args.results
-    if target is None and not args.smoke and not args.no_write:
-        target = DEFAULT_RESULTS
+    if target is None and not args.smoke and not args.only and not args.no_write:
+        target = DEFAULT_RESULTS    # only a full run of every scenario replaces it
     if target is not None and not args.no_write:
         target.write_text(report.markdown(results, info))
         print(f"\n[bench] wrote {target}")

@@ -18,7 +18,6 @@ best concurrency scenario 4 found (32 if scenario 4 did not run).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from .common import Context, ScenarioResult, fmt
