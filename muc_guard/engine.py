@@ -63,7 +63,7 @@ from .policy import (
 )
 from .rejoin import Backoff
 from .rooms import RoomInfo, State, TrackedRoom
-from .selfping import PingOutcome, read_ping_reply
+from .selfping import PingOutcome, PingVerdict, read_ping_reply
 from .store import Store, StoreError, StoreWriter
 from .stream import StreamWatchdog
 
@@ -191,12 +191,19 @@ class GuardEngine:
         #: come back with the resource stored for this account (see open_store)
         self.stable_resource = True
         self._stored_resource: str | None = None
+        #: the resource our occupants had when we last knew them: the stored
+        #: one after a restart, the stream's after a stream loss
+        self._occupant_resource: str | None = None
         #: loop time of the last correlated check per MUC service domain
         self._service_checks: dict[str, float] = {}
         #: recover missed messages from the room's XEP-0313 archive when it has one
         self.use_archive = True
         self.archive_limit = 1000
         self.archive_page_size = 50     # Prosody's maximum page
+        #: self-ping a room we may still be in (after a restart or a lost
+        #: stream) before joining it again; see _still_joined
+        self.probe_before_rejoin = True
+        self.probe_timeout = 5.0
 
         stream = client.stream
         self._connections = [
@@ -269,6 +276,10 @@ class GuardEngine:
                 continue
             rec.confirmed = True
             rec.announce_rejoin = rec.wanted
+            # Joined when the last process ended: a server may have kept
+            # that occupant (e.g. a hibernated XEP-0198 session).
+            rec.probe = rec.wanted and rec.last_joined is not None and (
+                rec.last_dropped is None or rec.last_joined >= rec.last_dropped)
             self._rooms[rec.jid] = rec
             if rec.wanted:
                 restored += 1
@@ -281,6 +292,7 @@ class GuardEngine:
         hibernated ghost session) see the same occupant JID, not a new one.
         Only for a client whose JID names no resource and is not connected."""
         self._stored_resource = await store.load_resource(self.account)
+        self._occupant_resource = self._stored_resource
         client: Any = self.client
         if (self.stable_resource and self._stored_resource
                 and client.local_jid.resource is None and not client.running):
@@ -571,12 +583,16 @@ class GuardEngine:
     def _on_stream_destroyed(self, reason: Any = None) -> None:
         self._stream_up.clear()
         self._watchdog.stream_lost()
+        self._occupant_resource = self.client.local_jid.resource
         lost = [rec for rec in self._rooms.values() if rec.state is State.JOINED]
         if lost:
             logger.warning("stream lost%s: %d room(s) to rejoin",
                            f" ({reason})" if reason is not None else "", len(lost))
         for rec in lost:
-            self._dropped(rec, Cause.STREAM_LOST)
+            if self.probe_before_rejoin:
+                self._suspect(rec)
+            else:
+                self._dropped(rec, Cause.STREAM_LOST)
 
     @_never_raises
     def _on_stream_suspended(self, reason: Any = None) -> None:
@@ -591,6 +607,32 @@ class GuardEngine:
                 self._arm_ping(rec)
 
     # --- drops -----------------------------------------------------------------------
+
+    def _suspect(self, rec: TrackedRoom) -> None:
+        """The stream is gone, and with it maybe (not surely) our occupant:
+        the server may keep it, e.g. for a remote MUC that never noticed. The
+        join loop self-pings first; only a room that let us go counts as a
+        drop (see _still_joined)."""
+        rec.cancel_timers()
+        self._release_aioxmpp_room(rec.jid)
+        rec.room = None
+        rec.state = State.REJOINING
+        rec.probe = True
+        rec.suspect_since = time.time()
+        self._start_joining(rec, 0.0)
+
+    def _confirm_suspected_drop(self, rec: TrackedRoom) -> None:
+        """The probe after a lost stream says we are out: now it is a drop."""
+        since, rec.suspect_since = rec.suspect_since, None
+        if since is None:
+            return
+        rec.drops += 1
+        rec.last_cause = Cause.STREAM_LOST
+        rec.last_dropped = since
+        rec.announce_rejoin = True
+        self._mark(rec)
+        logger.warning("%s: dropped (%s); rejoin", rec.jid, Cause.STREAM_LOST.value)
+        self._owner.on_dropped(rec.jid, Cause.STREAM_LOST)
 
     @_never_raises
     def _dropped(self, rec: TrackedRoom, cause: Cause, reason: str | None = None) -> None:
@@ -747,6 +789,16 @@ class GuardEngine:
             await self._stream_up.wait()
             if self._rooms.get(rec.jid) is not rec or not rec.wanted:
                 return
+            if rec.probe:
+                still = await self._still_joined(rec)
+                if still is None:
+                    continue    # the stream went away meanwhile: wait for it
+                rec.probe = False
+                if still:
+                    rec.suspect_since = None
+                    rec.announce_rejoin = False   # nothing was lost but the Room object
+                else:
+                    self._confirm_suspected_drop(rec)
             try:
                 room = await self._attempt(rec)
             except aioxmpp.errors.XMPPError as exc:
@@ -784,6 +836,41 @@ class GuardEngine:
                 return
             failures += 1
             delay = self.backoff.delay(failures)
+
+    async def _still_joined(self, rec: TrackedRoom) -> bool | None:
+        """Self-ping a room we may still be in; None if the stream failed.
+
+        A room that still has our occupant is not rejoined blindly: no drop is
+        announced and nothing counted. The join presence is still sent, as a
+        refresh: aioxmpp has no Room object without one, and some servers
+        resume delivery or send the room's state only on a fresh join.
+        """
+        if not self.probe_before_rejoin:
+            return False
+        resource = self.client.local_jid.resource
+        if self._occupant_resource is not None and resource != self._occupant_resource:
+            return False   # a new full JID: the old occupant cannot be ours now
+        condition: str | None = None
+        try:
+            await self.client.send(
+                aioxmpp.IQ(to=rec.jid.replace(resource=rec.nick), type_=aioxmpp.IQType.GET,
+                           payload=aioxmpp.ping.Ping()),
+                timeout=self.probe_timeout)
+        except TimeoutError:
+            return False
+        except aioxmpp.errors.XMPPError as exc:
+            condition = error_condition(exc)
+        except (ConnectionError, aioxmpp.errors.StreamError):
+            return None
+        except Exception:
+            logger.exception("%s: probe failed; joining", rec.jid)
+            return False
+        # Only a clear "joined" counts: item-not-found (XEP-0410 §3.2: maybe a
+        # changed nick) costs nothing to settle with a join.
+        still = read_ping_reply(condition) is PingVerdict.JOINED
+        logger.info("%s: probe before rejoin: %s", rec.jid,
+                    "still an occupant, refreshing" if still else (condition or "?"))
+        return still
 
     def _nick_conflict(self, rec: TrackedRoom, conflicts: int) -> None:
         """409 on a rejoin: someone holds our nick. It may be our own ghost,

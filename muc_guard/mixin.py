@@ -100,6 +100,12 @@ class GuardMixin:
         "stable_resource",
         "Store the bound resource and ask for it again after a restart (default True); "
         "applies to clients created with a JID that names no resource.")
+    probe_before_rejoin = _engine_setting(
+        "probe_before_rejoin",
+        "Self-ping a room we may still be in (after a lost stream, or a restart) before "
+        "joining it again; a room that kept us is refreshed, not announced (default True).")
+    probe_timeout = _engine_setting(
+        "probe_timeout", "Seconds to wait for that probe's reply (default 5).")
     nick_reclaim_interval = _engine_setting(
         "nick_reclaim_interval",
         "Seconds between attempts to win back a nick lost to a 409 (default 60).")

@@ -103,6 +103,12 @@ class TrackedRoom:
     reclaim_timer: asyncio.TimerHandle | None = None
     #: does the room advertise a XEP-0313 archive? (None: not asked yet)
     has_archive: bool | None = None
+    #: we may still be an occupant (restored from the store, or the stream
+    #: was lost): self-ping before the next join attempt
+    probe: bool = False
+    #: UNIX time the stream was lost while joined; the drop is confirmed (and
+    #: announced) only once the probe says the room let us go
+    suspect_since: float | None = None
 
     @property
     def wanted(self) -> bool:

@@ -722,6 +722,11 @@ class ProsodyServer:
         """Drop `nick` from the room without telling anyone."""
         return await self.call("silent_remove", self._room(room), nick)
 
+    async def keep_occupant(self, room, nick: str, real_jid: str | aioxmpp.JID) -> list[str]:
+        """Make the room hold `nick` for the session `real_jid`, sending
+        nothing: a server that kept the occupant of a client gone away."""
+        return await self.call("keep_occupant", self._room(room), nick, str(real_jid))
+
     async def bounce_error(self, room, nick: str, condition: str = "recipient-unavailable") -> str:
         """Prosody's own kick-on-bounce path (handle_kickable): 110+333,
         status "Kicked: <condition>", for the occupant's primary session."""

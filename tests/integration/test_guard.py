@@ -306,10 +306,15 @@ async def test_server_killed_and_restarted_rooms_come_back(private_prosody, make
     await asyncio.sleep(0.5)
     killed_at = time.monotonic()
     await server.kill()
-    for room in rooms:
-        await bot.wait_event("dropped", room, timeout=10)
-    assert {arg for _, k, _, arg in bot.events if k == "dropped"} == {Cause.STREAM_LOST}
+    # Out of reach at once; whether the rooms let us go is known only once
+    # the server answers the probe, so on_dropped waits for it.
+    assert await eventually(
+        lambda: _all_states(bot, rooms, State.REJOINING), timeout=10)
+    assert bot.events == []
     await server.astart()
+    for room in rooms:
+        await bot.wait_event("dropped", room, timeout=60)
+    assert {arg for _, k, _, arg in bot.events if k == "dropped"} == {Cause.STREAM_LOST}
     last = 0.0
     for room in rooms:
         t, _ = await bot.wait_event("rejoined", room, timeout=60)
@@ -321,6 +326,10 @@ async def test_server_killed_and_restarted_rooms_come_back(private_prosody, make
     assert [r.state for r in bot.guard.rooms()] == [State.JOINED] * 3
     assert [r.drops for r in bot.guard.rooms()] == [1] * 3
     await bot.stop()
+
+
+async def _all_states(bot, rooms, state):
+    return all(bot.info(room).state is state for room in rooms)
 
 
 async def test_bot_restart_rejoins_from_the_store_without_join(prosody, make_client, account,
@@ -357,6 +366,90 @@ async def test_bot_restart_rejoins_from_the_store_without_join(prosody, make_cli
     again = await second.guard.join(gone_room, "bot")
     assert again.muc_joined and second.info(gone_room).state is State.JOINED
     await second.stop()
+
+
+async def _say(make_client, account, room, text):
+    """Another account joins `room` and says `text` (live, not history)."""
+    jid, pw = account("alice")
+    client = make_client(jid, pw)
+    async with client.connected():
+        muc = client.summon(aioxmpp.MUCClient)
+        r, fut = muc.join(room, "alice", history=aioxmpp.muc.xso.History(maxstanzas=0))
+        await fut
+        msg = aioxmpp.Message(type_=aioxmpp.MessageType.GROUPCHAT)
+        msg.body[None] = text
+        await r.send_message(msg)
+        await r.leave()
+
+
+async def test_restart_probe_finds_a_kept_occupant_and_only_refreshes(
+        prosody, make_client, account, tmp_path, room_jid, caplog):
+    """XEP-0410 probe before rejoin: the server kept our occupant while the
+    bot was down. The restarted bot sends a fresh join presence (aioxmpp
+    needs one for its Room) but announces no rejoin and counts no drop."""
+    db = tmp_path / "bot.db"
+    jid, pw = account("bot")
+    first = Bot(make_client, jid, pw)
+    await first.guard.open_store(db)
+    await first.start()
+    await first.guard.join(room_jid, "bot")
+    full = first.client.local_jid
+    await first.stop()
+    assert await eventually(lambda: _absent(prosody, room_jid, jid))
+    assert await prosody.keep_occupant(room_jid, "bot", full) == [str(full)]
+
+    second = Bot(make_client, jid, pw)
+    got: list = []
+    second.guard.on_message.connect(
+        lambda room, msg, *, recovered, own: got.append((str(msg.body.any()), recovered)))
+    await second.guard.open_store(db)
+    await second.start()
+    assert second.client.local_jid == full
+    assert await eventually(
+        lambda: _all_states(second, [room_jid], State.JOINED), timeout=10)
+    assert "still an occupant" in caplog.text
+    assert second.events == []                # no on_dropped, no on_rejoined
+    assert second.info(room_jid).drops == 0
+    assert second.info(room_jid).room.muc_joined
+    assert await prosody.occupants(room_jid) == {"bot": [str(full)]}
+    await _say(make_client, account, room_jid, "still here?")
+    assert await eventually(lambda: _async(got), timeout=5)
+    assert got == [("still here?", False)]
+    await second.stop()
+
+
+async def test_lost_stream_probe_finds_a_kept_occupant_and_announces_nothing(
+        prosody, bot, room_jid, caplog):
+    await bot.guard.join(room_jid, "bot")
+    old_room = bot.info(room_jid).room
+    full = bot.client.local_jid
+    await prosody.sever_c2s(full)
+    assert await eventually(lambda: _absent(prosody, room_jid, bot.jid))
+    await prosody.keep_occupant(room_jid, "bot", full)   # before aioxmpp reconnects (1 s)
+    assert await eventually(
+        lambda: _fresh_room(bot, room_jid, old_room), timeout=15)
+    assert "still an occupant" in caplog.text
+    assert bot.events == [] and bot.info(room_jid).drops == 0
+    assert await prosody.occupants(room_jid) == {"bot": [str(full)]}
+
+
+async def test_lost_stream_probe_finds_the_room_let_us_go_and_rejoins(prosody, bot, room_jid):
+    await bot.guard.join(room_jid, "bot")
+    await prosody.sever_c2s(bot.client.local_jid)
+    _, cause = await bot.wait_event("dropped", room_jid)
+    assert cause is Cause.STREAM_LOST
+    await bot.wait_event("rejoined", room_jid)
+    assert bot.kinds() == ["dropped", "rejoined"] and bot.info(room_jid).drops == 1
+    assert await in_room(prosody, room_jid, bot.jid, "bot")
+
+
+async def _fresh_room(bot, room_jid, old_room):
+    info = bot.info(room_jid)
+    return info.state is State.JOINED and info.room is not None and info.room is not old_room
+
+
+async def _async(value):
+    return value
 
 
 async def test_two_accounts_share_one_store(prosody, make_client, account, tmp_path, room_jid):

@@ -241,3 +241,36 @@ async def test_downtime_is_recorded_at_the_rejoin_that_ends_the_outage(h):
     info = h.state()
     assert 0.2 <= info.last_downtime < 1.0
     assert info.last_downtime == pytest.approx(info.last_joined - info.last_dropped)
+
+
+async def test_only_rooms_joined_when_the_last_process_ended_are_probed(tmp_path):
+    """Restored rooms whose last record is a join may still hold our occupant
+    (XEP-0410 probe first); a room last dropped, or given up, is not probed."""
+    from muc_guard.store import Store, StoreWriter
+    from muc_guard.rooms import TrackedRoom
+
+    db = tmp_path / "probe.db"
+    store = await Store.open(db)
+    writer = StoreWriter(store, "bot@localhost")
+    rows = {
+        "joined@conference.localhost": dict(last_joined=20.0, last_dropped=10.0),
+        "dropped@conference.localhost": dict(last_joined=10.0, last_dropped=20.0),
+        "never@conference.localhost": dict(),
+        "gaveup@conference.localhost": dict(last_joined=20.0, state=State.GAVE_UP),
+    }
+    for jid, fields in rows.items():
+        rec = TrackedRoom(jid=aioxmpp.JID.fromstr(jid), requested_nick="bot", nick="bot",
+                          added=1.0, **fields)
+        writer.mark(rec)
+    await writer.close()
+    await store.close()
+
+    harness = Harness()
+    harness.guard._guard._stream_up.clear()    # offline: joins wait, flags stay
+    await harness.guard.open_store(db)
+    probed = {str(jid): rec.probe for jid, rec in harness.guard._guard._rooms.items()}
+    assert probed == {"joined@conference.localhost": True,
+                      "dropped@conference.localhost": False,
+                      "never@conference.localhost": False,
+                      "gaveup@conference.localhost": False}
+    await harness.guard.shutdown()

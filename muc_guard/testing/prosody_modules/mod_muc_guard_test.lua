@@ -158,6 +158,21 @@ function api.silent_remove(room_jid, nick)
 	return real_jids;
 end
 
+-- The opposite of silent_remove: make the room hold occupant `nick` for the
+-- session `real_jid` without any stanza being sent, like a server that kept
+-- the occupant of a client that went away (e.g. a remote MUC that never
+-- noticed the client's stream dying).
+function api.keep_occupant(room_jid, nick, real_jid)
+	local room = get_room(room_jid);
+	local occupant_jid = room.jid .. "/" .. nick;
+	if room:get_occupant_by_nick(occupant_jid) then error("nick is taken: " .. nick); end
+	if room:get_occupant_jid(real_jid) then error(real_jid .. " is already an occupant"); end
+	local occupant = room:new_occupant(jid_bare(real_jid), occupant_jid);
+	occupant:set_session(real_jid, st.presence({ from = real_jid, to = occupant_jid }), true);
+	room:save_occupant(occupant);
+	return live_sessions(get_occupant(room, nick));
+end
+
 -- Prosody's real error-bounce path: feed the room a presence of type error
 -- from one of the occupant's sessions (like a bounce from a dead client).
 -- handle_kickable() removes that session with 110+333 "Kicked: <condition>".
