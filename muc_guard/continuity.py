@@ -26,7 +26,7 @@ after a drop or a restart recovery starts right after it.
 
 from __future__ import annotations
 
-import collections
+import array
 import dataclasses
 import datetime
 import hashlib
@@ -40,8 +40,17 @@ __all__ = ["Position", "RoomStream", "message_facts", "digest", "DIGEST_TOLERANC
 
 #: Seconds by which a history copy's stamp may differ from our receipt time.
 DIGEST_TOLERANCE = 5.0
-#: Recently delivered keys remembered per room for deduplication.
-WINDOW = 512
+#: The deduplication window. A copy comes back only as history (since our
+#: position minus DIGEST_TOLERANCE) or as live traffic buffered during an
+#: archive fetch (matched separately), so entries older than twice the
+#: tolerance before the position are useless, except that the newest
+#: WINDOW_MIN are kept whatever their age: a server whose clock runs behind
+#: ours still gets its replayed ids recognised (Prosody replays 20 messages by
+#: default, ejabberd 20). WINDOW_MAX bounds a room flooding faster than
+#: WINDOW_MAX messages per 10 s.
+WINDOW_MIN = 32
+WINDOW_MAX = 512
+_MASK64 = (1 << 64) - 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,9 +75,33 @@ def recent_from_json(text: str | None) -> tuple[tuple[str, float], ...]:
     return tuple((str(key), float(ts)) for key, ts in json.loads(text))
 
 
+def _digest_key(nick: str, body: str) -> int:
+    """Who said what, as a signed 64-bit key with the low bit clear (see _id_key)."""
+    raw = hashlib.blake2b(f"{nick}\0{body}".encode(), digest_size=8).digest()
+    return int.from_bytes(raw, "big", signed=True) & ~1
+
+
+def _id_key(stanza_id: str) -> int:
+    """A stanza-id as a 64-bit key with the low bit set, so that it never
+    equals a digest key. Python's str hash suffices: the keys of ids live only
+    in memory (the store keeps the last id itself)."""
+    return hash(stanza_id) | 1
+
+
+def _key_to_hex(key: int) -> str:
+    return format(key & _MASK64, "016x")
+
+
+def _key_from_hex(text: str) -> int:
+    value = int(text, 16)
+    if value >> 63:
+        value -= 1 << 64
+    return value & ~1
+
+
 def digest(nick: str, body: str) -> str:
-    """A short fingerprint of who said what (kept in memory and in the store)."""
-    return hashlib.blake2b(f"{nick}\0{body}".encode(), digest_size=8).hexdigest()
+    """A short fingerprint of who said what, as kept in the store."""
+    return _key_to_hex(_digest_key(nick, body))
 
 
 def message_facts(message: aioxmpp.Message, room: aioxmpp.JID,
@@ -93,43 +126,74 @@ def message_facts(message: aioxmpp.Message, room: aioxmpp.JID,
 
 
 class RoomStream:
-    """Deduplicates and positions the messages of one room."""
+    """Deduplicates and positions the messages of one room.
 
-    __slots__ = ("room", "position", "_ids", "_id_order", "_digests", "_digest_order",
+    Memory matters here (a bot may watch thousands of rooms), so the window
+    of recent messages is two arrays, allocated at the first message: one
+    64-bit key per message (the stanza-id's where the room stamps one, else
+    the sender+body digest) and its time in tenths of a second from
+    :attr:`_base`. 12 bytes a message, a few hundred bytes for most rooms.
+    """
+
+    __slots__ = ("room", "position", "_keys", "_stamps", "_base",
                  "recovering", "buffer", "delivered")
 
     def __init__(self, room: aioxmpp.JID, position: Position | None = None) -> None:
         self.room = room
         self.position = position or Position()
-        self._ids: set[str] = set()
-        self._id_order: collections.deque[str] = collections.deque()
-        self._digests: dict[str, list[float]] = {}
-        self._digest_order: collections.deque[tuple[str, float]] = collections.deque()
+        self._keys: array.array[int] | None = None
+        self._stamps: array.array[int] | None = None
+        self._base = 0
         if self.position.last_id:
-            self._remember_id(self.position.last_id)
+            self._remember(_id_key(self.position.last_id), self.position.last_ts or 0.0)
         for key, ts in self.position.recent:
-            self._remember_digest(key, ts)
+            self._remember(_key_from_hex(key), ts)
         #: while True, live messages wait in :attr:`buffer` (archive fetch running)
         self.recovering = False
-        self.buffer: list[aioxmpp.Message] = []
+        self.buffer: list[aioxmpp.Message] | None = None
         self.delivered = 0
 
-    def _remember_id(self, stanza_id: str) -> None:
-        self._ids.add(stanza_id)
-        self._id_order.append(stanza_id)
-        if len(self._id_order) > WINDOW:
-            self._ids.discard(self._id_order.popleft())
+    def _tenths(self, ts: float) -> int:
+        return round((ts - self._base) * 10)
 
-    def _remember_digest(self, key: str, ts: float) -> None:
-        self._digests.setdefault(key, []).append(ts)
-        self._digest_order.append((key, ts))
-        if len(self._digest_order) > WINDOW:
-            old_key, old_ts = self._digest_order.popleft()
-            stamps = self._digests.get(old_key)
-            if stamps:
-                stamps.remove(old_ts)
-                if not stamps:
-                    del self._digests[old_key]
+    def _remember(self, key: int, ts: float) -> None:
+        keys, stamps = self._keys, self._stamps
+        if keys is None or stamps is None:
+            self._base = int(ts)
+            self._keys, self._stamps = array.array("q", (key,)), array.array("i", (0,))
+            return
+        try:
+            stamps.append(self._tenths(ts))
+        except OverflowError:   # 6.8 years away from the base: start afresh
+            self._keys = self._stamps = None
+            self._remember(key, ts)
+            return
+        keys.append(key)
+        n = len(keys)
+        if n > WINDOW_MIN:
+            horizon = self._tenths((self.position.last_ts or ts) - 2 * DIGEST_TOLERANCE)
+            drop = n - WINDOW_MAX if n > WINDOW_MAX else 0
+            while drop < n - WINDOW_MIN and stamps[drop] < horizon:
+                drop += 1
+            if drop:
+                del keys[:drop], stamps[:drop]
+
+    def _seen(self, key: int) -> bool:
+        return self._keys is not None and key in self._keys
+
+    def _seen_near(self, key: int, ts: float) -> bool:
+        keys, stamps = self._keys, self._stamps
+        if keys is None or stamps is None:
+            return False
+        at, tolerance = self._tenths(ts), DIGEST_TOLERANCE * 10
+        i = -1
+        while True:
+            try:
+                i = keys.index(key, i + 1)
+            except ValueError:
+                return False
+            if abs(stamps[i] - at) <= tolerance:
+                return True
 
     def accept(self, message: aioxmpp.Message, *, now: float,
                archive_id: str | None = None, stamp: float | None = None) -> bool:
@@ -143,21 +207,22 @@ class RoomStream:
             stanza_id, delayed = archive_id, True
         if stamp is not None:
             ts = stamp
-        nick = (message.from_.resource or "") if message.from_ is not None else ""
-        key = digest(nick, _body_text(message))
         if stanza_id is not None:
-            if stanza_id in self._ids:
+            key = _id_key(stanza_id)
+            if self._seen(key):
                 return False
-        elif delayed:
-            # No id: a history copy of something delivered live shortly before?
-            if any(abs(seen - ts) <= DIGEST_TOLERANCE for seen in self._digests.get(key, ())):
-                return False
-            # Older than our position: history reaching back past what we had.
-            if self.position.last_ts is not None and ts < self.position.last_ts - DIGEST_TOLERANCE:
-                return False
-        if stanza_id is not None:
-            self._remember_id(stanza_id)
-        self._remember_digest(key, ts)
+        else:
+            nick = (message.from_.resource or "") if message.from_ is not None else ""
+            key = _digest_key(nick, _body_text(message))
+            if delayed:
+                # No id: a history copy of something delivered live shortly before?
+                if self._seen_near(key, ts):
+                    return False
+                # Older than our position: history reaching back past what we had.
+                last_ts = self.position.last_ts
+                if last_ts is not None and ts < last_ts - DIGEST_TOLERANCE:
+                    return False
+        self._remember(key, ts)
         last_id = stanza_id if stanza_id is not None else self.position.last_id
         self.position = Position(last_id, max(ts, self.position.last_ts or ts))
         self.delivered += 1
@@ -166,10 +231,13 @@ class RoomStream:
     def recent(self) -> tuple[tuple[str, float], ...]:
         """Digests delivered within the tolerance window before the position."""
         last_ts = self.position.last_ts
-        if last_ts is None:
+        keys, stamps = self._keys, self._stamps
+        if last_ts is None or keys is None or stamps is None:
             return ()
-        horizon = last_ts - 2 * DIGEST_TOLERANCE
-        return tuple((key, ts) for key, ts in self._digest_order if ts >= horizon)[-64:]
+        horizon = self._tenths(last_ts - 2 * DIGEST_TOLERANCE)
+        return tuple((_key_to_hex(key), self._base + at / 10)
+                     for key, at in zip(keys, stamps)
+                     if not key & 1 and at >= horizon)[-64:]
 
 
 def _body_text(message: aioxmpp.Message) -> str:

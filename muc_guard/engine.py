@@ -460,6 +460,8 @@ class GuardEngine:
         """Deliver `message` through on_message unless it was delivered before."""
         stream = self._stream(rec)
         if stream.recovering and archive_id is None:
+            if stream.buffer is None:
+                stream.buffer = []
             stream.buffer.append(message)      # after what the archive returns
             return
         if not stream.accept(message, now=time.time(), archive_id=archive_id, stamp=stamp):
@@ -780,6 +782,13 @@ class GuardEngine:
         rec.join_task = self._spawn(self._keep_joining(rec, delay))
 
     async def _keep_joining(self, rec: TrackedRoom, delay: float) -> None:
+        try:
+            await self._join_loop(rec, delay)
+        finally:
+            if rec.join_task is asyncio.current_task():
+                rec.join_task = None    # a finished task is half a KiB per room
+
+    async def _join_loop(self, rec: TrackedRoom, delay: float) -> None:
         failures = 0
         permanent = 0
         conflicts = 0
@@ -916,7 +925,7 @@ class GuardEngine:
                     raise _ExitedDuringJoin()   # removed again before the join completed
             except BaseException:
                 stream.recovering = False
-                stream.buffer.clear()
+                stream.buffer = None
                 raise
             return room
 
@@ -966,12 +975,13 @@ class GuardEngine:
                            "(archive_limit)", rec.jid, len(found))
         # What also reached us live while we read the archive was not missed.
         now = time.time()
-        live_ids = {message_facts(message, rec.jid, now)[0] for message in stream.buffer}
+        live_ids = {message_facts(message, rec.jid, now)[0]
+                    for message in stream.buffer or ()}
         for item in found:
             self._offer(rec, item.message, archive_id=item.archive_id,
                         stamp=item.timestamp.timestamp(),
                         recovered=item.archive_id not in live_ids)
-        buffered, stream.buffer = stream.buffer, []
+        buffered, stream.buffer = stream.buffer or [], None
         for message in buffered:
             self._offer(rec, message)
         logger.info("%s: recovered %d message(s) from the archive", rec.jid, len(found))

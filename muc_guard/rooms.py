@@ -78,7 +78,7 @@ class TrackedRoom:
     #: seconds from the last drop to the rejoin that ended it
     last_downtime: float | None = None
     #: the last message delivered by on_message (persisted, lazily)
-    position: Position = dataclasses.field(default_factory=Position)
+    position: Position = Position()   # immutable: one shared empty position
 
     # --- runtime only ---
     stream: RoomStream | None = None

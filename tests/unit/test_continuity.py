@@ -57,8 +57,25 @@ def test_window_is_bounded():
     stream = RoomStream(ROOM)
     for i in range(5000):
         assert stream.accept(groupchat(f"m{i}", sid=f"id{i}"), now=float(i))
-    assert len(stream._ids) <= 512 and len(stream._digest_order) <= 512
-    assert sum(len(v) for v in stream._digests.values()) <= 512
+    from muc_guard.continuity import WINDOW_MIN
+    # one message a second: what is older than 10 s before the position goes,
+    # but the newest WINDOW_MIN stay
+    assert len(stream._keys) == len(stream._stamps) == WINDOW_MIN
+    assert not stream.accept(groupchat("again", sid=f"id{5000 - WINDOW_MIN}"), now=4999.0)
+    assert stream.accept(groupchat("again", sid=f"id{5000 - WINDOW_MIN - 1}"), now=4999.0)
+
+
+def test_window_keeps_everything_within_the_tolerance_up_to_its_cap():
+    from muc_guard.continuity import WINDOW_MAX
+    stream = RoomStream(ROOM)
+    for i in range(200):        # 200 messages within one second: all kept
+        assert stream.accept(groupchat(f"m{i}"), now=1000.0 + i / 200)
+    assert len(stream._keys) == 200
+    for i in range(200, 5000):  # a flood: capped
+        stream.accept(groupchat(f"m{i}"), now=1001.0 + i / 5000)
+    assert len(stream._keys) == WINDOW_MAX
+    history_copy = groupchat("m4990", stamp="1970-01-01T00:16:41Z")   # 1001 s
+    assert not stream.accept(history_copy, now=1002.0)
     assert DIGEST_TOLERANCE > 0
 
 
@@ -72,3 +89,26 @@ def test_a_restarted_stream_recognises_history_copies_from_stored_digests():
     assert not after.accept(groupchat("one", stamp="2023-11-14T22:13:18Z"), now=live_at + 60)
     assert not after.accept(groupchat("two", stamp="2023-11-14T22:13:20Z"), now=live_at + 60)
     assert after.accept(groupchat("three", stamp="2023-11-14T22:13:21Z"), now=live_at + 60)
+
+
+def test_recent_digests_are_the_newest_64_oldest_first():
+    from muc_guard.continuity import digest
+    stream = RoomStream(ROOM)
+    for i in range(100):
+        assert stream.accept(groupchat(f"m{i}"), now=1700000000.0 + i * 0.1)
+    recent = stream.recent()
+    expected = [digest("alice", f"m{i}") for i in range(36, 100)]
+    assert [key for key, _ in recent] == expected
+    assert [ts for _, ts in recent] == sorted(ts for _, ts in recent)
+
+
+def test_digests_stored_with_the_low_bit_set_still_match():
+    """Stores written before 0.2 kept blake2b digests with all 64 bits."""
+    import hashlib
+    from muc_guard.continuity import digest
+    full = hashlib.blake2b("alice\0hello".encode(), digest_size=8).hexdigest()
+    odd = format(int(full, 16) | 1, "016x")
+    stream = RoomStream(ROOM, Position(None, 1700000000.0, ((odd, 1700000000.0),)))
+    assert not stream.accept(groupchat("hello", stamp="2023-11-14T22:13:20Z"),
+                             now=1700000100.0)
+    assert digest("alice", "hello") in (full, format(int(full, 16) & ~1, "016x"))
