@@ -29,6 +29,7 @@ T_START = time.monotonic()
 
 import asyncio  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import logging  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
@@ -192,10 +193,20 @@ async def main(config: dict[str, Any]) -> None:
     else:
         sem = asyncio.Semaphore(int(config.get("concurrency", 32)))
 
+        idle = config.get("ping_idle")
+        ping_timeout = float(config.get("ping_timeout") or 30.0)
+
         async def join_one(room_jid: Any) -> bool:
             async with sem:
                 room, fut = muc.join(room_jid, nick)
                 room.on_message.connect(on_message)
+                if idle is not None:
+                    # The baseline of issue #5: aioxmpp's own self-ping tuned
+                    # to the guard's intervals (as in scenario 2).
+                    room.muc_soft_timeout = timedelta(seconds=idle)
+                    room.muc_ping_interval = timedelta(seconds=idle)
+                    room.muc_ping_timeout = timedelta(seconds=ping_timeout)
+                    room.muc_hard_timeout = timedelta(seconds=idle + ping_timeout)
                 await fut
                 return True
 
@@ -242,9 +253,22 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     emit("started", t=T_START)
+    # MUC_GUARD_BENCH_PROFILE=DIR: profile the bot with cProfile into
+    # DIR/<mode>-<pid>.prof (the figures then include the profiler's cost).
+    profile_dir = os.environ.get("MUC_GUARD_BENCH_PROFILE")
+    profiler = None
+    if profile_dir:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         asyncio.run(main(json.loads(sys.argv[1])))
     except Exception as exc:  # report, then fail
         logging.exception("bot failed")
         emit("error", error=f"{type(exc).__name__}: {exc}")
         sys.exit(1)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            mode = json.loads(sys.argv[1]).get("mode", "bot")
+            profiler.dump_stats(os.path.join(profile_dir, f"{mode}-{os.getpid()}.prof"))

@@ -4,9 +4,11 @@ connected: from ``open_store()`` until every room is joined (``on_rejoined``
 fired for each, as it does for rooms restored from the store).
 
 The store is what an earlier run of the bot leaves behind: every room wanted,
-with its nick and the time of its last join. (Such a room is rejoined asking
-for the history since then, after checking once whether the room has an
-archive.)
+with its nick, the time of its last join, whether the room has an archive
+(it has not), and the mark of a clean shutdown. Such a room is rejoined at
+once asking for the history since then: no archive question and no
+probe-before-rejoin ping first (those come after a crash, or for rooms the
+store knows nothing about).
 
 Baseline: a plain aioxmpp loop joining the same 1,000 rooms with
 ``MUCClient.join`` and at most `c` joins in flight, for several `c` (its
@@ -43,14 +45,17 @@ GUARD_DEFAULT = 32
 
 async def make_store(path: str, account: aioxmpp.JID, rooms: list[aioxmpp.JID],
                      nick: str = "bot") -> None:
-    """A store as an earlier run leaves it: every room wanted, joined an hour ago."""
+    """A store as an earlier run leaves it: every room wanted, joined an hour
+    ago, known to have no archive, and the guard shut down cleanly."""
     now = time.time()
     recs = [TrackedRoom(jid=r, requested_nick=nick, nick=nick, state=State.JOINED,
-                        last_joined=now - 3600, added=now - 7200 + i * 0.001)
+                        last_joined=now - 3600, added=now - 7200 + i * 0.001,
+                        has_archive=False)
             for i, r in enumerate(rooms)]
     store = await Store.open(path)
     try:
         await store.write(str(account.bare()), recs, [])
+        await store.set_clean_exit(str(account.bare()), True)
     finally:
         await store.close()
 

@@ -39,9 +39,11 @@ listener is disconnected for good, so every entry point catches and logs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -72,6 +74,9 @@ __all__ = ["GuardEngine", "GuardError", "RoomLeftError", "GaveUpError"]
 logger = logging.getLogger("muc_guard")
 
 STATUS_SELF = 110
+# Enum members compared by identity: aioxmpp's enums have a slow __eq__.
+_ERROR = aioxmpp.MessageType.ERROR
+_GROUPCHAT = aioxmpp.MessageType.GROUPCHAT
 #: Long enough that aioxmpp's own MUC self-ping never fires.
 _NEVER = 10 * 365 * 24 * 3600.0
 
@@ -196,6 +201,13 @@ class GuardEngine:
         self._occupant_resource: str | None = None
         #: loop time of the last correlated check per MUC service domain
         self._service_checks: dict[str, float] = {}
+        #: idle pings are paced (see _pace_ping): rooms waiting for their turn,
+        #: the loop time of the next free slot, and the timer that drains them
+        self._ping_queue: collections.deque[TrackedRoom] = collections.deque()
+        self._ping_next_slot = 0.0
+        self._ping_drain: asyncio.TimerHandle | None = None
+        #: the pace never drops below this many idle pings per second
+        self.min_ping_rate = 10.0
         #: recover missed messages from the room's XEP-0313 archive when it has one
         self.use_archive = True
         self.archive_limit = 1000
@@ -265,6 +277,13 @@ class GuardEngine:
         except BaseException:
             await store.close()
             raise
+        try:
+            # After a clean shutdown our occupants left with the stream; only
+            # a crash can leave one behind for the probe to find.
+            crashed = not await store.take_clean_exit(self.account)
+        except StoreError as exc:
+            logger.warning("%s", exc)
+            crashed = True
         self._store = store
         self._writer = StoreWriter(store, self.account)
         await self._adopt_stored_resource(store)
@@ -278,7 +297,7 @@ class GuardEngine:
             rec.announce_rejoin = rec.wanted
             # Joined when the last process ended: a server may have kept
             # that occupant (e.g. a hibernated XEP-0198 session).
-            rec.probe = rec.wanted and rec.last_joined is not None and (
+            rec.probe = crashed and rec.wanted and rec.last_joined is not None and (
                 rec.last_dropped is None or rec.last_joined >= rec.last_dropped)
             self._rooms[rec.jid] = rec
             if rec.wanted:
@@ -405,6 +424,10 @@ class GuardEngine:
             return
         self._closed = True
         self._watchdog.stop()
+        if self._ping_drain is not None:
+            self._ping_drain.cancel()
+            self._ping_drain = None
+        self._ping_queue.clear()
         for signal, token in self._connections:
             signal.disconnect(token)
         for chain, token in self._filters:
@@ -421,6 +444,10 @@ class GuardEngine:
         if self._writer is not None:
             await self._writer.close()
         if self._store is not None:
+            try:
+                await self._store.set_clean_exit(self.account, True)
+            except StoreError as exc:
+                logger.warning("%s", exc)
             await self._store.close()
 
     # --- inbound stanzas -----------------------------------------------------------
@@ -432,18 +459,26 @@ class GuardEngine:
             logger.exception("muc_guard: cannot inspect presence %r (ignored)", stanza)
         return stanza
 
+    def _room_of(self, sender: aioxmpp.JID | None) -> TrackedRoom | None:
+        """The tracked room a stanza comes from. Runs for every inbound
+        stanza: a JID is a namedtuple, so the plain tuple (local, domain, None)
+        finds its bare JID's entry without building one (5 µs -> 0.1 µs)."""
+        if sender is None:
+            return None
+        return self._rooms.get((sender.localpart, sender.domain, None))  # type: ignore[call-overload]
+
     def _message_filter(self, message: aioxmpp.Message) -> aioxmpp.Message:
         try:
-            sender = message.from_
-            rec = self._rooms.get(sender.bare()) if sender is not None else None
+            rec = self._room_of(message.from_)
             if rec is not None:
-                if message.type_ == aioxmpp.MessageType.ERROR:
+                kind = message.type_
+                if kind is _ERROR:
                     # Prosody answers a non-occupant's message with not-acceptable:
                     # an error from the room is a reason to check, not proof.
                     self._ping_soon(rec)
                 else:
                     self._saw_traffic(rec)
-                    if message.type_ == aioxmpp.MessageType.GROUPCHAT and message.body:
+                    if kind is _GROUPCHAT and message.body:
                         self._offer(rec, message)
         except Exception:
             logger.exception("muc_guard: cannot inspect message %r (ignored)", message)
@@ -480,10 +515,8 @@ class GuardEngine:
 
     def _inspect_presence(self, stanza: aioxmpp.Presence) -> None:
         sender = stanza.from_
-        if sender is None:
-            return
-        rec = self._rooms.get(sender.bare())
-        if rec is None or sender.is_bare:
+        rec = self._room_of(sender)
+        if rec is None or sender is None or sender.is_bare:
             return
         if stanza.type_ == aioxmpp.PresenceType.ERROR:
             # Join errors reach the join attempt through MUCClient; this is
@@ -734,7 +767,59 @@ class GuardEngine:
         if not self._stream_up.is_set() or rec.nick_change_pending:
             self._arm_ping(rec, now + self._ping_idle)
             return
-        rec.ping_task = self._spawn(self._self_ping(rec))
+        if force:
+            rec.ping_task = self._spawn(self._self_ping(rec))   # a check: no waiting
+        else:
+            self._pace_ping(rec)
+
+    def _ping_interval(self) -> float:
+        """Seconds between two idle pings: 1.5 x rooms per ping_idle per second
+        spreads one ping per room and period over two thirds of the period."""
+        rate = max(self.min_ping_rate, 1.5 * len(self._rooms) / self._ping_idle)
+        return 1.0 / rate
+
+    def _pace_ping(self, rec: TrackedRoom) -> None:
+        """Send an idle ping now, or queue it for the next free slot.
+
+        Rooms joined together (a restart, a reconnect) fall idle together; a
+        ping for each at the same second would be a burst for the server and
+        would stay one, period after period. Pacing spreads them once, and
+        their next deadlines keep the spread. A room waits at most
+        ping_idle / 1.5 for its turn in the worst burst; checks after a drop
+        (_ping_soon) do not wait.
+        """
+        now = asyncio.get_running_loop().time()
+        if not self._ping_queue and now >= self._ping_next_slot:
+            self._ping_next_slot = now + self._ping_interval()
+            rec.ping_task = self._spawn(self._self_ping(rec))
+            return
+        self._ping_queue.append(rec)
+        self._schedule_ping_drain()
+
+    def _schedule_ping_drain(self) -> None:
+        if self._ping_drain is None and self._ping_queue and not self._closed:
+            self._ping_drain = asyncio.get_running_loop().call_at(
+                self._ping_next_slot, self._drain_pings)
+
+    @_never_raises
+    def _drain_pings(self) -> None:
+        self._ping_drain = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._ping_queue and now >= self._ping_next_slot:
+            rec = self._ping_queue.popleft()
+            if (rec.state is not State.JOINED or self._rooms.get(rec.jid) is not rec
+                    or rec.ping_task is not None or rec.ping_timer is not None):
+                continue    # left, dropped, or already pinged or re-armed meanwhile
+            if rec.last_traffic + self._ping_idle > now:
+                self._arm_ping(rec)     # traffic came while it waited
+                continue
+            if not self._stream_up.is_set():
+                self._arm_ping(rec, now + self._ping_idle)
+                continue
+            self._ping_next_slot = max(self._ping_next_slot, now) + self._ping_interval()
+            rec.ping_task = self._spawn(self._self_ping(rec))
+        self._schedule_ping_drain()
 
     async def _self_ping(self, rec: TrackedRoom) -> None:
         target = rec.jid.replace(resource=rec.nick)
@@ -932,14 +1017,28 @@ class GuardEngine:
     async def _archive_usable(self, rec: TrackedRoom, *, probe_only: bool = False) -> bool:
         """Whether to recover this (re)join from the room's archive: only when
         there is something to recover from (a position) and the room
-        advertises XEP-0313 (asked once per room and process)."""
+        advertises XEP-0313 (asked when not known yet; the answer is
+        stored, and refreshed once per process after a join)."""
         if not self.use_archive or (self._recover_since(rec) is None and not probe_only):
             return False
-        if rec.has_archive is None:
-            rec.has_archive = await mam.room_has_archive(
+        if rec.has_archive is None or probe_only:
+            found = await mam.archive_advertised(
                 self.client, rec.jid, timeout=min(self.join_timeout, 10.0))
-            logger.debug("%s: archive %s", rec.jid, "yes" if rec.has_archive else "no")
+            if found is None:
+                return bool(rec.has_archive)   # no answer: ask again next time
+            changed = found != rec.has_archive
+            rec.has_archive = found
+            rec.archive_checked = True
+            logger.debug("%s: archive %s", rec.jid, "yes" if found else "no")
+            if changed:
+                self._mark(rec)    # stored: a restart need not ask before joining
         return rec.has_archive
+
+    async def _check_archive_later(self, rec: TrackedRoom, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        if self._rooms.get(rec.jid) is rec and rec.state is State.JOINED:
+            await self._archive_usable(rec, probe_only=True)
 
     async def _recover_from_archive(self, rec: TrackedRoom) -> None:
         """Deliver what the archive holds after our position, then what
@@ -1027,9 +1126,14 @@ class GuardEngine:
                 waiter.set_result(room)
         rec.waiters.clear()
         self._arm_ping(rec)
-        if self.use_archive and rec.has_archive is None:
-            # Learn it now, off the rejoin path a later drop will take.
-            self._spawn(self._archive_usable(rec, probe_only=True))
+        if self.use_archive and not rec.archive_checked:
+            # Learn it (or, when the store knew it, refresh it: rooms can be
+            # reconfigured) off the rejoin path a later drop will take. Spread
+            # over a minute when the store knew it: a restart with many rooms
+            # must not double its burst of queries.
+            rec.archive_checked = True
+            delay = 0.0 if rec.has_archive is None else random.uniform(0, 60)
+            self._spawn(self._check_archive_later(rec, delay))
         if rec.preferred_nick == rec.nick:
             rec.preferred_nick = None
         self._arm_reclaim(rec)

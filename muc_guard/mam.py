@@ -76,6 +76,7 @@ __all__ = [
     "ArchiveQueryError",
     "ArchiveTimeoutError",
     "room_has_archive",
+    "archive_advertised",
     "fetch",
     "build_query",
     "format_stamp",
@@ -327,6 +328,13 @@ async def room_has_archive(client: aioxmpp.Client, room_jid: aioxmpp.JID | str, 
     archives is room configuration and may change.  Any failure (error reply,
     timeout, stream gone) means "no archive we can use": False.
     """
+    return bool(await archive_advertised(client, room_jid, timeout=timeout))
+
+
+async def archive_advertised(client: aioxmpp.Client, room_jid: aioxmpp.JID | str, *,
+                             timeout: float = 10.0) -> bool | None:
+    """Like :func:`room_has_archive`, but None when the room did not answer
+    (an error, a timeout, no stream): unknown, worth asking again."""
     room = aioxmpp.JID.fromstr(room_jid) if isinstance(room_jid, str) else room_jid
     room = room.bare()
     iq = aioxmpp.IQ(to=room, type_=aioxmpp.IQType.GET, payload=aioxmpp.disco.xso.InfoQuery())
@@ -335,8 +343,8 @@ async def room_has_archive(client: aioxmpp.Client, room_jid: aioxmpp.JID | str, 
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # XMPPError, TimeoutError, ConnectionError, ErroneousStanza
-        logger.debug("%s: disco#info failed (%r): assuming no archive", room, exc)
-        return False
+        logger.debug("%s: disco#info failed (%r): archive unknown", room, exc)
+        return None
     features = getattr(info, "features", None) or ()
     found = MAM_NS in features
     logger.debug("%s: archive %s", room, "advertised" if found else "not advertised")

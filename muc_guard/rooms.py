@@ -101,8 +101,10 @@ class TrackedRoom:
     #: set while we hold a fallback nick: the nick to win back
     preferred_nick: str | None = None
     reclaim_timer: asyncio.TimerHandle | None = None
-    #: does the room advertise a XEP-0313 archive? (None: not asked yet)
+    #: does the room advertise a XEP-0313 archive? (None: not asked yet; persisted)
     has_archive: bool | None = None
+    #: asked (or refreshed) in this process
+    archive_checked: bool = False
     #: we may still be an occupant (restored from the store, or the stream
     #: was lost): self-ping before the next join attempt
     probe: bool = False

@@ -56,7 +56,7 @@ logger = logging.getLogger("muc_guard.store")
 
 #: "MUCG": marks a SQLite file as a muc_guard store.
 APPLICATION_ID = 0x4D554347
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 #: MIGRATIONS[n] brings a store from user_version n to n + 1.
@@ -88,25 +88,39 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             resource TEXT
         ) WITHOUT ROWID""",
     ),
+    (   # 3: facts that spare a restart a round trip per room
+        # does the room advertise XEP-0313? NULL: not asked yet
+        "ALTER TABLE rooms ADD COLUMN has_archive INTEGER",
+        # 1 when the last process of this account shut its guard down cleanly
+        "ALTER TABLE accounts ADD COLUMN clean_exit INTEGER",
+    ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 #: The columns _room_from_row reads, in its order.
 _ROOM_COLUMNS = ("room, requested_nick, nick, password, wanted, drops, last_cause, "
-                 "last_joined, last_dropped, added, last_id, last_ts, recent, last_downtime")
+                 "last_joined, last_dropped, added, last_id, last_ts, recent, last_downtime, "
+                 "has_archive")
 
 _UPSERT = """
 INSERT INTO rooms (account, room, requested_nick, nick, password, wanted, drops,
                    last_cause, last_joined, last_dropped, added, last_id, last_ts, recent,
-                   last_downtime)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   last_downtime, has_archive)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (account, room) DO UPDATE SET
     requested_nick = excluded.requested_nick, nick = excluded.nick,
     password = excluded.password, wanted = excluded.wanted, drops = excluded.drops,
     last_cause = excluded.last_cause, last_joined = excluded.last_joined,
     last_dropped = excluded.last_dropped, last_id = excluded.last_id,
     last_ts = excluded.last_ts, recent = excluded.recent,
-    last_downtime = excluded.last_downtime
+    last_downtime = excluded.last_downtime, has_archive = excluded.has_archive
+"""
+
+
+#: A message position changes many times a second in a busy bot: it updates
+#: its three columns only (the row exists: joins are written at once).
+_UPDATE_POSITION = """
+UPDATE rooms SET last_id = ?, last_ts = ?, recent = ? WHERE account = ? AND room = ?
 """
 
 
@@ -124,6 +138,15 @@ def _room_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
         rec.position.last_id, rec.position.last_ts,
         recent_to_json(rec.stream.recent() if rec.stream is not None else rec.position.recent),
         rec.last_downtime,
+        None if rec.has_archive is None else int(rec.has_archive),
+    )
+
+
+def _position_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
+    return (
+        rec.position.last_id, rec.position.last_ts,
+        recent_to_json(rec.stream.recent() if rec.stream is not None else rec.position.recent),
+        account, str(rec.jid),
     )
 
 
@@ -306,7 +329,8 @@ class Store:
     @staticmethod
     def _room_from_row(row: Sequence[Any]) -> TrackedRoom:
         (room, requested_nick, nick, password, wanted, drops, last_cause,
-         last_joined, last_dropped, added, last_id, last_ts, recent, last_downtime) = row
+         last_joined, last_dropped, added, last_id, last_ts, recent, last_downtime,
+         has_archive) = row
         jid = aioxmpp.JID.fromstr(room)
         if not jid.is_bare or not jid.localpart:
             raise ValueError(f"not a bare room JID: {room!r}")
@@ -325,6 +349,7 @@ class Store:
             added=added,
             position=Position(last_id, last_ts, recent_from_json(recent)),
             last_downtime=last_downtime,
+            has_archive=None if has_archive is None else bool(has_archive),
         )
 
     async def load_resource(self, account: str) -> str | None:
@@ -332,6 +357,24 @@ class Store:
                 "SELECT resource FROM accounts WHERE account = ?", (account,)) as cur:
             row = await cur.fetchone()
         return row[0] if row and isinstance(row[0], str) and row[0] else None
+
+    async def take_clean_exit(self, account: str) -> bool:
+        """Whether the last process of `account` shut its guard down cleanly;
+        clears the mark, so that a crash of this process shows next time."""
+        async with self._conn.execute(
+                "SELECT clean_exit FROM accounts WHERE account = ?", (account,)) as cur:
+            row = await cur.fetchone()
+        clean = bool(row and row[0])
+        if clean:
+            await self.set_clean_exit(account, False)
+        return clean
+
+    async def set_clean_exit(self, account: str, clean: bool) -> None:
+        async with self._write_transaction() as conn:
+            await conn.execute(
+                "INSERT INTO accounts (account, clean_exit) VALUES (?, ?) "
+                "ON CONFLICT (account) DO UPDATE SET clean_exit = excluded.clean_exit",
+                (account, int(clean)))
 
     async def save_resource(self, account: str, resource: str) -> None:
         async with self._write_transaction() as conn:
@@ -341,13 +384,26 @@ class Store:
                 (account, resource))
 
     async def write(self, account: str, upserts: Iterable[TrackedRoom],
-                    deletes: Iterable[aioxmpp.JID]) -> None:
-        """Apply upserts and deletes for `account` in one durable transaction."""
+                    deletes: Iterable[aioxmpp.JID],
+                    positions: Iterable[TrackedRoom] = ()) -> None:
+        """Apply upserts, deletes and position updates for `account` in one
+        durable transaction."""
         rows = [_room_row(account, rec) for rec in upserts]
+        positions = list(positions)
+        moved = [_position_row(account, rec) for rec in positions]
         gone = [(account, str(jid)) for jid in deletes]
         async with self._write_transaction() as conn:
             if rows:
                 await conn.executemany(_UPSERT, rows)
+            if moved:
+                before = conn.total_changes
+                await conn.executemany(_UPDATE_POSITION, moved)
+                if conn.total_changes - before < len(moved):
+                    # A row that was never written whole (not by the guard,
+                    # which writes a room at once when it is added): write
+                    # them whole rather than lose a position.
+                    await conn.executemany(_UPSERT, [_room_row(account, rec)
+                                                     for rec in positions])
             if gone:
                 await conn.executemany("DELETE FROM rooms WHERE account = ? AND room = ?", gone)
 
@@ -390,6 +446,8 @@ class StoreWriter:
         self.store = store
         self.account = account
         self._dirty: dict[aioxmpp.JID, TrackedRoom] = {}
+        #: records whose message position alone changed (lazy marks)
+        self._moved: dict[aioxmpp.JID, TrackedRoom] = {}
         self._deleted: set[aioxmpp.JID] = set()
         self._lock = asyncio.Lock()
         self._retry: asyncio.TimerHandle | None = None
@@ -398,12 +456,18 @@ class StoreWriter:
         self.failed = False
 
     def mark(self, rec: TrackedRoom, *, lazy: bool = False) -> None:
-        """Note a changed record; `lazy` ones are batched for up to LAZY_DELAY s."""
-        self._deleted.discard(rec.jid)
-        self._dirty[rec.jid] = rec
+        """Note a changed record; `lazy` marks say that only its message
+        position changed, and are batched for up to LAZY_DELAY s."""
         if not lazy:
+            self._deleted.discard(rec.jid)
+            self._moved.pop(rec.jid, None)
+            self._dirty[rec.jid] = rec
             self._kick()
-        elif self._lazy is None and self._retry is None:
+            return
+        if rec.jid in self._dirty or rec.jid in self._deleted:
+            return    # written whole anyway, or gone
+        self._moved[rec.jid] = rec
+        if self._lazy is None and self._retry is None:
             self._lazy = asyncio.get_running_loop().call_later(self.LAZY_DELAY, self._lazy_due)
 
     def _lazy_due(self) -> None:
@@ -412,12 +476,13 @@ class StoreWriter:
 
     def mark_deleted(self, jid: aioxmpp.JID) -> None:
         self._dirty.pop(jid, None)
+        self._moved.pop(jid, None)
         self._deleted.add(jid)
         self._kick()
 
     @property
     def pending(self) -> bool:
-        return bool(self._dirty or self._deleted)
+        return bool(self._dirty or self._deleted or self._moved)
 
     def _kick(self) -> None:
         if self._task is None or self._task.done():
@@ -434,22 +499,26 @@ class StoreWriter:
         async with self._lock:
             if not self.pending:
                 return
-            dirty, deleted = self._dirty, self._deleted
-            self._dirty, self._deleted = {}, set()
+            dirty, deleted, moved = self._dirty, self._deleted, self._moved
+            self._dirty, self._deleted, self._moved = {}, set(), {}
             try:
-                await self.store.write(self.account, dirty.values(), deleted)
+                await self.store.write(self.account, dirty.values(), deleted, moved.values())
             except BaseException as exc:
                 # Put back what newer changes have not superseded.
                 for jid, rec in dirty.items():
                     if jid not in self._deleted:
                         self._dirty.setdefault(jid, rec)
+                        self._moved.pop(jid, None)
+                for jid, rec in moved.items():
+                    if jid not in self._deleted and jid not in self._dirty:
+                        self._moved.setdefault(jid, rec)
                 for jid in deleted:
                     if jid not in self._dirty:
                         self._deleted.add(jid)
                 if isinstance(exc, StoreError):
                     if not self.failed:
                         logger.warning("%s; keeping %d change(s) in memory and retrying",
-                                       exc, len(dirty) + len(deleted))
+                                       exc, len(dirty) + len(deleted) + len(moved))
                     self.failed = True
                     self._schedule_retry()
                 raise
@@ -480,4 +549,5 @@ class StoreWriter:
             await self.flush()
         except StoreError:
             logger.error("store %r: %d change(s) could not be written before closing",
-                         self.store.path, len(self._dirty) + len(self._deleted))
+                         self.store.path,
+                         len(self._dirty) + len(self._deleted) + len(self._moved))

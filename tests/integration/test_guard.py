@@ -16,6 +16,7 @@ import aioxmpp.ping
 import pytest
 
 import muc_guard
+import muc_guard.store
 from muc_guard import Cause, State
 from guardkit import Bot, eventually, occupant_nicks_of
 
@@ -396,6 +397,10 @@ async def test_restart_probe_finds_a_kept_occupant_and_only_refreshes(
     full = first.client.local_jid
     await first.stop()
     assert await eventually(lambda: _absent(prosody, room_jid, jid))
+    # As if the first process had crashed (a clean shutdown skips the probe):
+    store = await muc_guard.store.Store.open(db)
+    assert await store.take_clean_exit(str(jid.bare())) is True
+    await store.close()
     assert await prosody.keep_occupant(room_jid, "bot", full) == [str(full)]
 
     second = Bot(make_client, jid, pw)

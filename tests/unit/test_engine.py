@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import aioxmpp
+import aioxmpp.ping
 import pytest
 
 import muc_guard
@@ -273,4 +274,39 @@ async def test_only_rooms_joined_when_the_last_process_ended_are_probed(tmp_path
                       "dropped@conference.localhost": False,
                       "never@conference.localhost": False,
                       "gaveup@conference.localhost": False}
-    await harness.guard.shutdown()
+    await harness.guard.shutdown()      # a clean shutdown: nothing left behind
+
+    again = Harness()
+    again.guard._guard._stream_up.clear()
+    await again.guard.open_store(db)
+    assert not any(rec.probe for rec in again.guard._guard._rooms.values())
+    await again.guard.shutdown()
+
+
+async def test_idle_pings_of_rooms_joined_together_are_paced(h):
+    """30 rooms fall idle in the same instant: their pings go out one slot
+    apart (1.5 x rooms / ping_idle per second), not in one burst."""
+    loop = asyncio.get_running_loop()
+    engine = h.guard._guard
+    engine.min_ping_rate = 1.0
+    h.guard.ping_idle = 1.0
+    sent: list[float] = []
+
+    async def fake_send(stanza, timeout=None):
+        if isinstance(stanza.payload, aioxmpp.ping.Ping):
+            sent.append(loop.time())
+        return None                      # an IQ result: joined
+
+    h.client.send = fake_send
+    rooms = [f"r{i}@conference.localhost" for i in range(30)]
+    joins = [asyncio.ensure_future(h.guard.join(r, "bot")) for r in rooms]
+    await h.settle()
+    for r in rooms:
+        h.feed(self_available(r, "bot"))
+    await asyncio.wait_for(asyncio.gather(*joins), 1)
+    await asyncio.sleep(1.0 + 30 / 45 + 0.3)
+    first = sorted(sent)[:30]
+    assert len(first) == 30
+    gaps = [b - a for a, b in zip(first, first[1:])]
+    assert min(gaps) >= 1 / 45 * 0.8            # one slot apart (45 pings/s)
+    assert first[-1] - first[0] >= 29 / 45 * 0.8

@@ -202,3 +202,36 @@ async def test_lazy_marks_are_batched_into_one_transaction(tmp_path):
     assert len(await store.load_rooms("bot@localhost")) == 50
     await writer.close()
     await store.close()
+
+
+async def test_archive_knowledge_round_trips(tmp_path):
+    store = await Store.open(tmp_path / "bot.db")
+    rooms = {f"{name}@c.localhost": value
+             for name, value in (("unknown", None), ("yes", True), ("no", False))}
+    await store.write("bot@localhost",
+                      [tracked(jid=aioxmpp.JID.fromstr(j), has_archive=v) for j, v in rooms.items()],
+                      [])
+    loaded = {str(r.jid): r.has_archive for r in await store.load_rooms("bot@localhost")}
+    assert loaded == rooms
+    await store.close()
+
+
+async def test_clean_exit_mark_is_taken_once(tmp_path):
+    store = await Store.open(tmp_path / "bot.db")
+    assert await store.take_clean_exit("bot@localhost") is False   # never marked: a crash
+    await store.set_clean_exit("bot@localhost", True)
+    assert await store.take_clean_exit("other@localhost") is False
+    assert await store.take_clean_exit("bot@localhost") is True
+    assert await store.take_clean_exit("bot@localhost") is False   # this process may crash
+    await store.close()
+
+
+async def test_a_position_for_a_row_never_written_whole_is_not_lost(tmp_path):
+    store = await Store.open(tmp_path / "bot.db")
+    rec = tracked()
+    from muc_guard.continuity import Position
+    rec.position = Position("id-7", 1700000000.0)
+    await store.write("bot@localhost", [], [], [rec])
+    (loaded,) = await store.load_rooms("bot@localhost")
+    assert loaded.position.last_id == "id-7"
+    await store.close()
