@@ -52,11 +52,11 @@ import aioxmpp.muc
 import aioxmpp.ping
 
 from . import mam
+from .inbound import sanitize_message, sanitize_presence
 from .continuity import DIGEST_TOLERANCE, RoomStream, message_facts
 from .policy import (
     Cause,
     Decision,
-    NICK_CHANGE,
     classify_join_error,
     classify_removal,
     decide,
@@ -415,6 +415,7 @@ class GuardEngine:
 
     def _presence_filter(self, stanza: aioxmpp.Presence) -> aioxmpp.Presence:
         try:
+            stanza = sanitize_presence(stanza, self.client.local_jid, self.muc)
             self._inspect_presence(stanza)
         except Exception:
             logger.exception("muc_guard: cannot inspect presence %r (ignored)", stanza)
@@ -422,6 +423,7 @@ class GuardEngine:
 
     def _message_filter(self, message: aioxmpp.Message) -> aioxmpp.Message:
         try:
+            message = sanitize_message(message, self.client.local_jid)
             sender = message.from_
             rec = self._rooms.get(sender.bare()) if sender is not None else None
             if rec is not None:
@@ -496,15 +498,13 @@ class GuardEngine:
         if STATUS_SELF not in codes:
             logger.info("%s: unavailable presence from our occupant JID without 110",
                         rec.jid)
-        if NICK_CHANGE in codes:
-            rec.nick_change_pending = True
-            items = muc_user.items if muc_user is not None else []
-            if items and items[0].nick:
-                rec.pending_nick = items[0].nick
-            return
         destroyed = muc_user is not None and muc_user.destroy is not None
+        # A removal marker beats 303, as in the policy table (a destroyed room
+        # is not a nick change); a 303 naming no nick was dropped by sanitize.
         cause = classify_removal(codes, destroyed=destroyed)
         if cause is None:
+            rec.nick_change_pending = True
+            rec.pending_nick = muc_user.items[0].nick if muc_user and muc_user.items else None
             return
         reason = stanza.status.any() if stanza.status else None
         logger.debug("%s: unavailable self-presence, codes %s -> %s", rec.jid,
