@@ -12,7 +12,7 @@ import asyncio
 import aioxmpp
 
 import muc_guard
-from stanzas import parse, self_available
+from stanzas import parse, self_available, self_unavailable
 
 ROOM = "room@conference.localhost"
 ROOM_JID = aioxmpp.JID.fromstr(ROOM)
@@ -37,12 +37,35 @@ class Harness:
         for _ in range(5):
             await asyncio.sleep(0)
 
+    async def pending(self, room: str = ROOM, timeout: float = 2.0) -> None:
+        """Wait until MUCClient has sent a join for `room` (with a store the
+        guard first writes the room, in SQLite's thread)."""
+        jid = aioxmpp.JID.fromstr(room)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            await self.settle()
+            try:
+                if not self.muc.get_muc(jid).muc_joined:
+                    return
+            except KeyError:
+                pass
+            assert loop.time() < deadline, f"no join for {room} was sent"
+            await asyncio.sleep(0.005)
+
     async def joined(self, nick: str = "bot", *codes: int, room: str = ROOM,
                      asked: str = "bot") -> aioxmpp.muc.Room:
         join = asyncio.ensure_future(self.guard.join(room, asked))
-        await self.settle()
+        await self.pending(room)
         self.feed(self_available(room, nick, *codes))
         return await asyncio.wait_for(join, 1)
+
+    async def drop_and_rejoin(self, *codes: int, room: str = ROOM, nick: str = "bot") -> None:
+        """The room removes us with `codes`, and answers the rejoin."""
+        self.feed(self_unavailable(room, nick, *codes))
+        await self.pending(room)
+        self.feed(self_available(room, nick))
+        await self.settle()
 
     def state(self) -> muc_guard.RoomInfo:
         info = self.guard.room_info(ROOM)
