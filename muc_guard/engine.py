@@ -51,7 +51,7 @@ import aioxmpp.errors
 import aioxmpp.muc
 import aioxmpp.ping
 
-from . import mam
+from . import mam, redact
 from .inbound import sanitize_message, sanitize_presence
 from .continuity import DIGEST_TOLERANCE, RoomStream, message_facts
 from .policy import (
@@ -151,6 +151,12 @@ def room_jid_from(value: aioxmpp.JID | str) -> aioxmpp.JID:
 def _check_nick(nick: str) -> str:
     if not isinstance(nick, str) or not nick.strip():
         raise ValueError(f"nick must be a non-empty string, not {nick!r}")
+    # A nick is a resourcepart (resourceprep, at most 1023 bytes); aioxmpp
+    # would only refuse it inside every join attempt, retried for ever.
+    try:
+        aioxmpp.JID("room", "example.org", nick)
+    except ValueError as exc:
+        raise ValueError(f"not a valid nick: {nick!r} ({exc})") from None
     return nick
 
 
@@ -217,6 +223,7 @@ class GuardEngine:
         ]
         if client.established:
             self._stream_up.set()
+        redact.protect(client)   # room passwords stay out of aioxmpp's DEBUG wire log
         self._watchdog = StreamWatchdog(client)
         self._watchdog_started = False
 

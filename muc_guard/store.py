@@ -385,7 +385,9 @@ class Store:
         gone = [(account, str(jid)) for jid in deletes]
         async with self._write_transaction() as conn:
             if rows:
-                await conn.executemany(_UPSERT, rows)
+                # An iterator, not the list: aiosqlite logs the arguments of
+                # every call at DEBUG, and these rows hold room passwords.
+                await conn.executemany(_UPSERT, iter(rows))
             if gone:
                 await conn.executemany("DELETE FROM rooms WHERE account = ? AND room = ?", gone)
 
