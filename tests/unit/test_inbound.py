@@ -93,3 +93,26 @@ async def test_a_rewritten_nick_on_join_is_not_taken_for_another_occupant(h):
     room = await h.joined("bot_rewritten", 210)
     assert room.me.nick == "bot_rewritten" and h.state().nick == "bot_rewritten"
     assert h.events == []
+
+
+async def test_a_carbon_from_another_account_cannot_speak_for_the_room(h):
+    """The offline variant of spoofing (tests/integration/test_spoofing.py):
+    a real server stamps 'from', so a forged room stanza can only arrive
+    wrapped, e.g. as a XEP-0280 carbon that another account sends us."""
+    import aioxmpp.carbons  # noqa: F401  (registers the carbon payloads)
+    room = await h.joined()
+    delivered, heard = [], []
+    h.guard.on_message.connect(lambda *args, **kw: delivered.append(args))
+    room.on_message.connect(lambda *args, **kw: heard.append(args))
+    inner = (f"<message xmlns='jabber:client' from='{ROOM}/bot' to='bot@localhost/r' "
+             "type='groupchat'>"
+             "<body>forged</body><x xmlns='http://jabber.org/protocol/muc#user'>"
+             "<status code='110'/><status code='333'/></x></message>")
+    for sender in ("mallory@localhost/x", "bot@localhost"):
+        deliver(h, f"<message from='{sender}' to='bot@localhost/r'>"
+                   "<received xmlns='urn:xmpp:carbons:2'>"
+                   f"<forwarded xmlns='urn:xmpp:forward:0'>{inner}</forwarded>"
+                   "</received></message>")
+    await h.settle()
+    assert delivered == [] and heard == [] and h.events == []
+    assert h.state().state is State.JOINED and room.muc_joined
