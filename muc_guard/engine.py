@@ -53,12 +53,12 @@ import aioxmpp.errors
 import aioxmpp.muc
 import aioxmpp.ping
 
-from . import mam
+from . import mam, redact
+from .inbound import sanitize_message, sanitize_presence
 from .continuity import DIGEST_TOLERANCE, RoomStream, message_facts
 from .policy import (
     Cause,
     Decision,
-    NICK_CHANGE,
     classify_join_error,
     classify_removal,
     decide,
@@ -156,6 +156,12 @@ def room_jid_from(value: aioxmpp.JID | str) -> aioxmpp.JID:
 def _check_nick(nick: str) -> str:
     if not isinstance(nick, str) or not nick.strip():
         raise ValueError(f"nick must be a non-empty string, not {nick!r}")
+    # A nick is a resourcepart (resourceprep, at most 1023 bytes); aioxmpp
+    # would only refuse it inside every join attempt, retried for ever.
+    try:
+        aioxmpp.JID("room", "example.org", nick)
+    except ValueError as exc:
+        raise ValueError(f"not a valid nick: {nick!r} ({exc})") from None
     return nick
 
 
@@ -236,6 +242,7 @@ class GuardEngine:
         ]
         if client.established:
             self._stream_up.set()
+        redact.protect(client)   # room passwords stay out of aioxmpp's DEBUG wire log
         self._watchdog = StreamWatchdog(client)
         self._watchdog_started = False
 
@@ -454,6 +461,7 @@ class GuardEngine:
 
     def _presence_filter(self, stanza: aioxmpp.Presence) -> aioxmpp.Presence:
         try:
+            stanza = sanitize_presence(stanza, self.client.local_jid, self.muc)
             self._inspect_presence(stanza)
         except Exception:
             logger.exception("muc_guard: cannot inspect presence %r (ignored)", stanza)
@@ -469,6 +477,7 @@ class GuardEngine:
 
     def _message_filter(self, message: aioxmpp.Message) -> aioxmpp.Message:
         try:
+            message = sanitize_message(message, self.client.local_jid)
             rec = self._room_of(message.from_)
             if rec is not None:
                 kind = message.type_
@@ -543,15 +552,13 @@ class GuardEngine:
         if STATUS_SELF not in codes:
             logger.info("%s: unavailable presence from our occupant JID without 110",
                         rec.jid)
-        if NICK_CHANGE in codes:
-            rec.nick_change_pending = True
-            items = muc_user.items if muc_user is not None else []
-            if items and items[0].nick:
-                rec.pending_nick = items[0].nick
-            return
         destroyed = muc_user is not None and muc_user.destroy is not None
+        # A removal marker beats 303, as in the policy table (a destroyed room
+        # is not a nick change); a 303 naming no nick was dropped by sanitize.
         cause = classify_removal(codes, destroyed=destroyed)
         if cause is None:
+            rec.nick_change_pending = True
+            rec.pending_nick = muc_user.items[0].nick if muc_user and muc_user.items else None
             return
         reason = stanza.status.any() if stanza.status else None
         logger.debug("%s: unavailable self-presence, codes %s -> %s", rec.jid,

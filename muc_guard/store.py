@@ -28,6 +28,15 @@ The rules it follows:
   overwritten or reset.
 * A row that cannot be read back (a bad JID, an unknown cause) is skipped
   with a warning and left in the file untouched.
+* Another process may use the same file at the same time (another bot or
+  account, the ``muc-guard`` inspector): SQLite's locking keeps writers
+  apart, and a write that finds the file locked for longer than
+  :attr:`Store.BUSY_TIMEOUT` fails like one on a full disk, so
+  :class:`StoreWriter` keeps the change in memory and retries. A file locked
+  while being opened raises :class:`StoreError` ("in use by another process").
+* A file SQLite could only open read-only stays read-only for that
+  connection; after such a failed write the next write reconnects, so the
+  store is written again as soon as the file is writable.
 """
 
 from __future__ import annotations
@@ -58,6 +67,8 @@ logger = logging.getLogger("muc_guard.store")
 APPLICATION_ID = 0x4D554347
 SCHEMA_VERSION = 3
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# Primary SQLite result codes (sqlite3.Error.sqlite_errorcode & 0xFF).
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 5, 6, 8
 
 #: MIGRATIONS[n] brings a store from user_version n to n + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -150,6 +161,21 @@ def _position_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
     )
 
 
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    """SQLite's message, with what it means for a store."""
+    code = _primary_code(exc)
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return f"{exc} (in use by another process)"
+    if code == _SQLITE_READONLY:
+        return f"{exc} (the file or its directory is read-only)"
+    return str(exc)
+
+
 def _create_private(path: str) -> None:
     """Create `path` empty with mode 0600 unless it exists."""
     try:
@@ -182,10 +208,15 @@ def _check_header(path: str) -> None:
 class Store:
     """One open store file. Use :meth:`open`; close with :meth:`close`."""
 
+    #: seconds a statement waits for another process's lock before failing
+    BUSY_TIMEOUT = 5.0
+
     def __init__(self, path: str, conn: aiosqlite.Connection) -> None:
         self.path = path
         self._conn = conn
         self._lock = asyncio.Lock()
+        #: set by a write refused as read-only: reconnect before the next one
+        self._reconnect = False
         #: number of write transactions committed (for tests and benchmarks)
         self.transactions = 0
 
@@ -205,6 +236,16 @@ class Store:
         _check_header(path)
         if not create and os.stat(path).st_size == 0:
             raise StoreError(f"no such store: {path} (the file is empty)")
+        store = cls(path, await cls._connect(path, create))
+        try:
+            await store._prepare()
+        except BaseException:
+            await store._conn.close()
+            raise
+        return store
+
+    @classmethod
+    async def _connect(cls, path: str, create: bool) -> aiosqlite.Connection:
         try:
             if create:
                 conn = await aiosqlite.connect(path, isolation_level=None)
@@ -213,15 +254,10 @@ class Store:
                 # if it vanished since the check above.
                 uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
                 conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            await conn.execute(f"PRAGMA busy_timeout = {int(cls.BUSY_TIMEOUT * 1000)}")
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {path!r}: {exc}") from exc
-        store = cls(path, conn)
-        try:
-            await store._prepare()
-        except BaseException:
-            await conn.close()
-            raise
-        return store
+            raise StoreError(f"cannot open store {path!r}: {_describe(exc)}") from exc
+        return conn
 
     async def _scalar(self, sql: str) -> Any:
         async with self._conn.execute(sql) as cur:
@@ -231,7 +267,6 @@ class Store:
     async def _prepare(self) -> None:
         path = self.path
         try:
-            await self._conn.execute("PRAGMA busy_timeout = 5000")
             app_id = await self._scalar("PRAGMA application_id")
             version = await self._scalar("PRAGMA user_version")
             tables = await self._scalar("SELECT count(*) FROM sqlite_master")
@@ -252,6 +287,9 @@ class Store:
             await self._conn.execute("PRAGMA synchronous = FULL")
             await self._migrate(version)
         except sqlite3.DatabaseError as exc:
+            if _primary_code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise StoreError(f"store {path!r} is in use by another process ({exc}); "
+                                 "try again when it is done") from exc
             raise StoreError(f"store {path!r} is corrupt or unreadable: {exc}") from exc
 
     async def _migrate(self, version: int) -> None:
@@ -394,7 +432,9 @@ class Store:
         gone = [(account, str(jid)) for jid in deletes]
         async with self._write_transaction() as conn:
             if rows:
-                await conn.executemany(_UPSERT, rows)
+                # An iterator, not the list: aiosqlite logs the arguments of
+                # every call at DEBUG, and these rows hold room passwords.
+                await conn.executemany(_UPSERT, iter(rows))
             if moved:
                 before = conn.total_changes
                 await conn.executemany(_UPDATE_POSITION, moved)
@@ -402,8 +442,8 @@ class Store:
                     # A row that was never written whole (not by the guard,
                     # which writes a room at once when it is added): write
                     # them whole rather than lose a position.
-                    await conn.executemany(_UPSERT, [_room_row(account, rec)
-                                                     for rec in positions])
+                    await conn.executemany(_UPSERT, iter([_room_row(account, rec)
+                                                          for rec in positions]))
             if gone:
                 await conn.executemany("DELETE FROM rooms WHERE account = ? AND room = ?", gone)
 
@@ -412,6 +452,8 @@ class Store:
         """One durable write transaction: BEGIN IMMEDIATE ... COMMIT, rolled
         back on any error; SQLite errors become StoreError naming the file."""
         async with self._lock:
+            if self._reconnect:
+                await self._reopen()
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -422,8 +464,19 @@ class Store:
                         await self._conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot write store {self.path!r}: {exc}") from exc
+                # SQLite opens a file it cannot write read-only, for good.
+                self._reconnect = _primary_code(exc) == _SQLITE_READONLY
+                raise StoreError(f"cannot write store {self.path!r}: {_describe(exc)}") from exc
             self.transactions += 1
+
+    async def _reopen(self) -> None:
+        """A fresh connection to the same file (see _write_transaction);
+        never one that creates it, should it have vanished meanwhile."""
+        conn = await self._connect(self.path, create=False)
+        await conn.execute("PRAGMA synchronous = FULL")
+        await self._conn.close()
+        self._conn = conn
+        self._reconnect = False
 
     async def close(self) -> None:
         await self._conn.close()
@@ -464,9 +517,10 @@ class StoreWriter:
             self._dirty[rec.jid] = rec
             self._kick()
             return
-        if rec.jid in self._dirty or rec.jid in self._deleted:
-            return    # written whole anyway, or gone
-        self._moved[rec.jid] = rec
+        if rec.jid in self._deleted:
+            return    # gone
+        if rec.jid not in self._dirty:    # else it is written whole anyway
+            self._moved[rec.jid] = rec
         if self._lazy is None and self._retry is None:
             self._lazy = asyncio.get_running_loop().call_later(self.LAZY_DELAY, self._lazy_due)
 
@@ -491,6 +545,10 @@ class StoreWriter:
     async def _background_flush(self) -> None:
         try:
             await self.flush()
+            # Changes marked while that write ran found this task busy: write
+            # them now (lazy ones wait for their timer).
+            while self._dirty or self._deleted:
+                await self.flush()
         except StoreError:
             pass  # logged in flush(); retried by the timer
 

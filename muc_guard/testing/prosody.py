@@ -772,11 +772,14 @@ class ProsodyServer:
     async def create_room(
         self, room, *, persistent: bool = True, members_only: bool = False,
         mam: bool | None = None, public_jids: bool | None = None,
-        history_length: int | None = None,
+        history_length: int | None = None, password: str | None = None,
     ) -> bool:
         """Create (or reconfigure) a room server-side; it has no owner, so
-        joining users are plain participants.  True if it was created."""
+        joining users are plain participants.  True if it was created.
+        `password` makes it password-protected ("" removes the password)."""
         options: dict[str, Any] = {"persistent": persistent, "members_only": members_only}
+        if password is not None:
+            options["password"] = password
         if mam is not None:
             options["mam"] = mam
         if public_jids is not None:

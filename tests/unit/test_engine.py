@@ -17,39 +17,7 @@ import muc_guard
 from muc_guard import Cause, State
 from stanzas import parse, self_available, self_unavailable
 
-ROOM = "room@conference.localhost"
-ROOM_JID = aioxmpp.JID.fromstr(ROOM)
-
-
-class Harness:
-    def __init__(self) -> None:
-        self.client = aioxmpp.Client(aioxmpp.JID.fromstr("bot@localhost/r"),
-                                     aioxmpp.make_security_layer("unused"))
-        self.guard = self.client.summon(muc_guard.MUCGuard)
-        self.muc = self.client.summon(aioxmpp.MUCClient)
-        self.events: list[tuple] = []
-        self.guard.on_dropped.connect(lambda j, c: self.events.append(("dropped", j, c)))
-        self.guard.on_rejoined.connect(lambda j, r: self.events.append(("rejoined", j, r)))
-        self.guard.on_gave_up.connect(lambda j, c: self.events.append(("gave_up", j, c)))
-        self.guard._guard._stream_up.set()   # as if the stream were established
-
-    def feed(self, xml: str) -> None:
-        self.client.stream._process_incoming_presence(parse(xml))
-
-    async def settle(self) -> None:
-        for _ in range(5):
-            await asyncio.sleep(0)
-
-    async def joined(self, nick: str = "bot", *codes: int) -> aioxmpp.muc.Room:
-        join = asyncio.ensure_future(self.guard.join(ROOM, "bot"))
-        await self.settle()
-        self.feed(self_available(ROOM, nick, *codes))
-        return await asyncio.wait_for(join, 1)
-
-    def state(self) -> muc_guard.RoomInfo:
-        info = self.guard.room_info(ROOM)
-        assert info is not None
-        return info
+from harness import ROOM, ROOM_JID, Harness
 
 
 @pytest.fixture

@@ -235,3 +235,29 @@ async def test_a_position_for_a_row_never_written_whole_is_not_lost(tmp_path):
     (loaded,) = await store.load_rooms("bot@localhost")
     assert loaded.position.last_id == "id-7"
     await store.close()
+
+
+async def test_changes_marked_during_a_write_are_written_without_another_event(tmp_path):
+    """A mark that finds the writer busy must not wait for some later event."""
+    import asyncio
+    from muc_guard.continuity import Position
+    store = await Store.open(tmp_path / "bot.db")
+    writer = StoreWriter(store, "bot@localhost")
+    writer.LAZY_DELAY = 0.1
+    first, second = tracked(), tracked(jid=aioxmpp.JID.fromstr("other@c.localhost"))
+    writer.mark(first)                  # a write starts...
+    await asyncio.sleep(0)
+    writer.mark(second)                 # ...and this one finds it running
+    await asyncio.sleep(0.5)
+    stored = {str(r.jid) for r in await store.load_rooms("bot@localhost")}
+    assert stored == {str(first.jid), str(second.jid)}
+    second.position = Position("p1", 5.0)
+    writer.mark(first)
+    await asyncio.sleep(0)
+    writer.mark(second)
+    writer.mark(second, lazy=True)      # pending whole: must still be timed
+    await asyncio.sleep(0.5)
+    stored_pos = {str(r.jid): r.position for r in await store.load_rooms("bot@localhost")}
+    assert stored_pos[str(second.jid)].last_id == "p1"
+    await writer.close()
+    await store.close()

@@ -276,6 +276,7 @@ function api.create_room(room_jid, options)
 	if options.members_only ~= nil then room:set_members_only(options.members_only); end
 	if options.mam ~= nil then room._data.archiving = options.mam; end
 	if options.whois ~= nil then room:set_whois(options.whois); end
+	if options.password ~= nil then room:set_password(options.password); end
 	if options.history_length ~= nil then
 		-- what muc/history.lib.lua's config form sets (default 20)
 		room._data.history_length = options.history_length;
