@@ -17,7 +17,7 @@ reading them from the store); the
 best `c` (lowest median wall time) is the baseline. Every run uses a fresh
 account, so each run joins 1,000 rooms it is not in; runs are interleaved
 repeat by repeat. The guard runs with its default ``max_concurrent_joins``
-(32) and, if that differs, also with the baseline's best `c`.
+(256) and, if that differs, also with the baseline's best `c`.
 
 Server load: Prosody's CPU seconds during each run (from /proc) are reported
 next to the client's; the bound on server load is the number of joins in
@@ -40,7 +40,7 @@ from .common import Context, Events, ScenarioResult, fmt
 
 TITLE = "Cold start: 1,000 rooms in the store → all joined"
 
-GUARD_DEFAULT = 32
+GUARD_DEFAULT = 256   # muc_guard's default max_concurrent_joins
 
 
 async def make_store(path: str, account: aioxmpp.JID, rooms: list[aioxmpp.JID],

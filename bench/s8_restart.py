@@ -73,5 +73,5 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
               f"= {fig.ratio or float('nan'):.2f} ×; all joined: {complete}",
               None if complete else False)
     res.note(f"{sz.s8_rooms} rooms, {sz.s8_repeats} restarts of each kind, interleaved; the guard "
-             f"uses its default max_concurrent_joins (32); the plain bot {concurrency}. The "
+             f"uses its default max_concurrent_joins (256); the plain bot {concurrency}. The "
              f"issue sets no bound for this scenario; the plain process is the reference.")
