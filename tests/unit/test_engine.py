@@ -278,3 +278,76 @@ async def test_idle_pings_of_rooms_joined_together_are_paced(h):
     gaps = [b - a for a, b in zip(first, first[1:])]
     assert min(gaps) >= 1 / 36 * 0.8            # one slot apart (1.2 x 30 / 1 s = 36/s)
     assert first[-1] - first[0] >= 29 / 36 * 0.8
+
+
+def join_pending(h) -> bool:
+    try:
+        h.muc.get_muc(ROOM_JID)
+    except KeyError:
+        return False
+    return True
+
+
+async def kicked_333(h) -> None:
+    h.feed(self_unavailable(ROOM, "bot", 110, 333))
+    await h.settle()
+
+
+async def test_a_room_that_drops_again_right_after_its_rejoin_backs_off(h):
+    """A flapping room (110+333 right after every rejoin) must not get one
+    join per removal: each drop soon after the rejoin that ended the last
+    one waits like a failed attempt, with a growing ceiling."""
+    h.guard.backoff_min, h.guard.backoff_max = 0.2, 2.0
+    await h.joined()
+    await kicked_333(h)
+    assert join_pending(h)                     # the first drop: at once
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    waits = []
+    for _ in range(3):
+        await kicked_333(h)                    # again, right after the rejoin
+        assert h.state().state is State.REJOINING
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while not join_pending(h):
+            await asyncio.sleep(0.01)
+        waits.append(loop.time() - start)
+        h.feed(self_available(ROOM, "bot"))
+        await h.settle()
+    # ceilings 0.4, 0.8, 1.6: each wait at least half of its ceiling
+    assert [w >= low for w, low in zip(waits, (0.2, 0.4, 0.8))] == [True] * 3, waits
+    assert [event[0] for event in h.events].count("rejoined") == 4
+
+
+async def test_a_room_that_stayed_joined_for_backoff_max_rejoins_at_once_again(h):
+    h.guard.backoff_min, h.guard.backoff_max = 0.2, 0.5
+    await h.joined()
+    for _ in range(2):                         # flapping: flaps counted up
+        await kicked_333(h)
+        while not join_pending(h):
+            await asyncio.sleep(0.01)
+        h.feed(self_available(ROOM, "bot"))
+        await h.settle()
+    await asyncio.sleep(0.6)                   # stayed joined longer than backoff_max
+    await kicked_333(h)
+    assert join_pending(h)                     # at once again
+
+
+async def test_a_stream_loss_is_not_counted_as_a_flap(h):
+    h.guard._guard.probe_before_rejoin = False   # a stream loss is a drop at once
+    h.guard.backoff_min, h.guard.backoff_max = 5.0, 10.0
+    await h.joined()
+    await kicked_333(h)
+    h.feed(self_available(ROOM, "bot"))        # rejoined after a drop
+    await h.settle()
+    h.guard._guard._on_stream_destroyed()      # the connection went away
+    h.guard._guard._stream_up.set()            # and came back at once
+    h.guard._guard._on_stream_established()
+    await h.settle()
+    assert join_pending(h)                     # rejoining at once, not in 5 s
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    # The room itself drops us again soon after the rejoin that ended its
+    # last drop: a flap, whatever the stream did in between.
+    await kicked_333(h)
+    assert not join_pending(h)
