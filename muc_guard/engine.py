@@ -1072,6 +1072,7 @@ class GuardEngine:
         since = self._recover_since(rec)
         found: list[mam.ArchivedMessage] = []
         complete = True
+        lost_stream = False
         try:
             try:
                 found, complete = await mam.fetch(
@@ -1090,9 +1091,17 @@ class GuardEngine:
                            rec.jid, exc)
         except (ConnectionError, TimeoutError) as exc:
             complete = False
+            lost_stream = isinstance(exc, ConnectionError)
             logger.warning("%s: archive recovery interrupted (%r)", rec.jid, exc)
         finally:
             stream.recovering = False
+        if lost_stream:
+            # The rejoin after the reconnect reads the archive again from our
+            # position, and what arrived live meanwhile comes back from there
+            # in order. Delivered now, it would move the position past what
+            # the archive has not returned yet, and that would be lost.
+            stream.buffer = None
+            return
         if not complete and found:
             logger.warning("%s: archive recovery stopped after %d message(s) "
                            "(archive_limit)", rec.jid, len(found))

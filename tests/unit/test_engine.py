@@ -8,6 +8,7 @@ when the test feeds the room's self-presence.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aioxmpp
 import aioxmpp.ping
@@ -351,3 +352,62 @@ async def test_a_stream_loss_is_not_counted_as_a_flap(h):
     # last drop: a flap, whatever the stream did in between.
     await kicked_333(h)
     assert not join_pending(h)
+
+
+def live_groupchat(body: str, sid: str) -> str:
+    return (f"<message from='{ROOM}/alice' to='bot@localhost/r' type='groupchat'>"
+            f"<body>{body}</body><stanza-id xmlns='urn:xmpp:sid:0' id='{sid}' by='{ROOM}'/>"
+            "</message>")
+
+
+async def test_a_stream_lost_while_reading_the_archive_moves_no_position(h, monkeypatch):
+    """Live messages wait while the archive is read. When the stream dies
+    during that read, they must not be delivered: they would move the
+    position past what the archive has not returned, and the next rejoin's
+    recovery would skip it. The next recovery returns them, in order."""
+    import datetime
+
+    from muc_guard import mam
+
+    delivered: list[str] = []
+    h.guard.on_message.connect(
+        lambda room, message, *, recovered, own: delivered.append(message.body.any()))
+    await h.joined()
+    rec = h.guard._guard._rooms[ROOM_JID]
+    rec.has_archive = True
+    h.client.stream._process_incoming_message(parse(live_groupchat("one", "s1")))
+    assert delivered == ["one"]
+
+    reading: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    answers: list[Any] = [ConnectionError("stream lost"), []]
+    calls: list[str | None] = []
+
+    async def fetch(client, room, *, after_id=None, **kwargs):
+        calls.append(after_id)
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            await reading
+            raise answer
+        return answer, True
+
+    monkeypatch.setattr(mam, "fetch", fetch)
+    await kicked_333(h)
+    h.feed(self_available(ROOM, "bot"))               # rejoined: the archive is read
+    await h.settle()
+    h.client.stream._process_incoming_message(parse(live_groupchat("missed", "s2")))
+    h.client.stream._process_incoming_message(parse(live_groupchat("three", "s3")))
+    reading.set_result(None)                          # ... and the stream dies meanwhile
+    await h.settle()
+    assert delivered == ["one"]
+    assert rec.position.last_id == "s1"
+
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    answers[0] = [mam.ArchivedMessage(sid, stamp, parse(live_groupchat(body, sid)))
+                  for body, sid in (("missed", "s2"), ("three", "s3"))]
+    h.guard.backoff_min, h.guard.backoff_max = 0.01, 0.02
+    await kicked_333(h)
+    await asyncio.sleep(0.05)
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    assert calls == ["s1", "s1"]                      # both reads start after "one"
+    assert delivered == ["one", "missed", "three"]
