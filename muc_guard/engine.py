@@ -698,9 +698,22 @@ class GuardEngine:
         rec.announce_rejoin = True
         self._mark(rec)
         self._owner.on_dropped(rec.jid, cause)
-        self._start_joining(rec, self.backoff.first_delay(cause))
+        flaps = self._count_flap(rec, cause)
+        self._start_joining(rec, self.backoff.first_delay(cause, flaps), flaps)
         if cause is not Cause.STREAM_LOST:
             self._check_siblings(rec)
+
+    def _count_flap(self, rec: TrackedRoom, cause: Cause) -> int:
+        """A drop within backoff_max of the rejoin that ended the last drop
+        continues that failure sequence (see rejoin.py); a stream loss is
+        the connection's failure, not the room's, and counts nothing."""
+        if cause is Cause.STREAM_LOST:
+            return 0
+        since = (asyncio.get_running_loop().time() - rec.rejoined_at
+                 if rec.rejoined_at is not None else None)
+        rec.flaps = rec.flaps + 1 if since is not None and since < self.backoff.maximum else 0
+        rec.rejoined_at, rec.drop_pending = None, True
+        return rec.flaps
 
     def _check_siblings(self, rec: TrackedRoom) -> None:
         """Rooms on one MUC service usually drop together (the service or the
@@ -870,20 +883,19 @@ class GuardEngine:
 
     # --- joining ---------------------------------------------------------------------
 
-    def _start_joining(self, rec: TrackedRoom, delay: float) -> None:
+    def _start_joining(self, rec: TrackedRoom, delay: float, failures: int = 0) -> None:
         if self._closed or (rec.join_task is not None and not rec.join_task.done()):
             return
-        rec.join_task = self._spawn(self._keep_joining(rec, delay))
+        rec.join_task = self._spawn(self._keep_joining(rec, delay, failures))
 
-    async def _keep_joining(self, rec: TrackedRoom, delay: float) -> None:
+    async def _keep_joining(self, rec: TrackedRoom, delay: float, failures: int = 0) -> None:
         try:
-            await self._join_loop(rec, delay)
+            await self._join_loop(rec, delay, failures)
         finally:
             if rec.join_task is asyncio.current_task():
                 rec.join_task = None    # a finished task is half a KiB per room
 
-    async def _join_loop(self, rec: TrackedRoom, delay: float) -> None:
-        failures = 0
+    async def _join_loop(self, rec: TrackedRoom, delay: float, failures: int) -> None:
         permanent = 0
         conflicts = 0
         while True:
@@ -1060,6 +1072,7 @@ class GuardEngine:
         since = self._recover_since(rec)
         found: list[mam.ArchivedMessage] = []
         complete = True
+        lost_stream = False
         try:
             try:
                 found, complete = await mam.fetch(
@@ -1078,9 +1091,17 @@ class GuardEngine:
                            rec.jid, exc)
         except (ConnectionError, TimeoutError) as exc:
             complete = False
+            lost_stream = isinstance(exc, ConnectionError)
             logger.warning("%s: archive recovery interrupted (%r)", rec.jid, exc)
         finally:
             stream.recovering = False
+        if lost_stream:
+            # The rejoin after the reconnect reads the archive again from our
+            # position, and what arrived live meanwhile comes back from there
+            # in order. Delivered now, it would move the position past what
+            # the archive has not returned yet, and that would be lost.
+            stream.buffer = None
+            return
         if not complete and found:
             logger.warning("%s: archive recovery stopped after %d message(s) "
                            "(archive_limit)", rec.jid, len(found))
@@ -1117,6 +1138,9 @@ class GuardEngine:
         return aioxmpp.muc.xso.History(since=since)
 
     def _joined(self, rec: TrackedRoom, room: aioxmpp.muc.Room) -> None:
+        if rec.drop_pending:    # this join ends a drop that _count_flap saw
+            rec.drop_pending = False
+            rec.rejoined_at = asyncio.get_running_loop().time()
         rec.room = room
         rec.state = State.JOINED
         if room.me is not None and room.me.nick and room.me.nick != rec.nick:

@@ -23,6 +23,15 @@ the upper half keeps the spread that decorrelates clients and still bounds the
 attempts: at most four in the first ten seconds with the defaults
 (at 0, then after ≥1, ≥2, ≥4 s).
 
+A room can also fail *after* a successful join: a server that removes us
+with 110+333 right after every join (a "flapping" room) would see one join
+per removal if each drop started over at an immediate attempt. So a drop
+that comes soon after the rejoin that ended the previous drop counts as one
+more failure (``flaps``): its first attempt waits like a failed attempt
+would, and the count only starts over once the room stayed joined for
+``maximum`` seconds. A flapping room therefore gets no more attempts than a
+room that refuses every join.
+
 The random source is injectable so tests need not sleep or guess.
 """
 
@@ -53,11 +62,15 @@ class Backoff:
         self.maximum = maximum
         self._rng = rng or _random.Random()
 
-    def first_delay(self, cause: Cause | None) -> float:
-        """Delay before the first attempt after a drop for `cause`."""
+    def first_delay(self, cause: Cause | None, flaps: int = 0) -> float:
+        """Delay before the first attempt after a drop for `cause`; `flaps`
+        counts the drops in a row that came soon after a rejoin."""
+        delay = 0.0
         if cause is not None and decide(cause) is Decision.REJOIN_AFTER_RESTART:
-            return self._rng.uniform(*RESTART_SPREAD)
-        return 0.0
+            delay = self._rng.uniform(*RESTART_SPREAD)
+        if flaps > 0:
+            delay = max(delay, self.delay(flaps))
+        return delay
 
     def ceiling(self, failures: int) -> float:
         """Upper bound of the delay after `failures` consecutive failures (≥1)."""

@@ -111,6 +111,12 @@ class TrackedRoom:
     #: UNIX time the stream was lost while joined; the drop is confirmed (and
     #: announced) only once the probe says the room let us go
     suspect_since: float | None = None
+    #: loop time of the rejoin that ended the last drop of the room itself
+    #: (not a stream loss), and whether that rejoin is still to come
+    rejoined_at: float | None = None
+    drop_pending: bool = False
+    #: drops in a row that each came soon after such a rejoin (see rejoin.py)
+    flaps: int = 0
 
     @property
     def wanted(self) -> bool:

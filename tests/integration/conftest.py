@@ -7,6 +7,7 @@ import statistics
 import pytest
 
 _figures: dict[str, list[float]] = {}
+_reports: list[str] = []
 
 
 @pytest.fixture
@@ -17,7 +18,21 @@ def figure():
     return record
 
 
+@pytest.fixture
+def fault_report(request):
+    """``fault_report(key=value, ...)`` records what a fault test tried and
+    measured (counts, seconds), printed at the end under the test's name."""
+    def record(**figures) -> None:
+        text = ", ".join(f"{key}={value}" for key, value in figures.items())
+        _reports.append(f"{request.node.name}: {text}")
+    return record
+
+
 def pytest_terminal_summary(terminalreporter):
+    if _reports:
+        terminalreporter.section("muc_guard fault figures")
+        for line in _reports:
+            terminalreporter.write_line(line)
     if not _figures:
         return
     terminalreporter.section("muc_guard measured figures (ms)")

@@ -57,3 +57,27 @@ def test_bad_bounds_are_refused():
         Backoff(0, 60)
     with pytest.raises(ValueError):
         Backoff(10, 5)
+
+
+def test_a_drop_soon_after_a_rejoin_waits_like_a_failed_attempt():
+    low, high = Backoff(1.0, 60.0, Extreme(False)), Backoff(1.0, 60.0, Extreme(True))
+    assert low.first_delay(Cause.SERVER_ERROR, flaps=0) == 0.0
+    assert [low.first_delay(Cause.SERVER_ERROR, flaps=n) for n in (1, 2, 3)] == [1, 2, 4]
+    assert [high.first_delay(Cause.SERVER_ERROR, flaps=n) for n in (1, 2, 3)] == [2, 4, 8]
+    # after 332 the longer of the restart spread and the backoff
+    assert low.first_delay(Cause.SERVICE_SHUTDOWN, flaps=1) == RESTART_SPREAD[0]
+    assert high.first_delay(Cause.SERVICE_SHUTDOWN, flaps=6) == 60
+
+
+def test_a_flapping_room_gets_at_most_four_attempts_in_ten_seconds():
+    """Removed right after every join: one immediate rejoin, then the flap
+    count escalates like failures (shortest draws, instant joins)."""
+    backoff = Backoff(1.0, 60.0, Extreme(False))
+    t, attempts, flaps = 0.0, 1, 0            # the immediate rejoin after the first drop
+    while True:
+        flaps += 1
+        t += backoff.first_delay(Cause.SERVER_ERROR, flaps)
+        if t > 10.0:
+            break
+        attempts += 1
+    assert attempts == 4

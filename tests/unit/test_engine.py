@@ -8,6 +8,7 @@ when the test feeds the room's self-presence.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aioxmpp
 import aioxmpp.ping
@@ -278,3 +279,135 @@ async def test_idle_pings_of_rooms_joined_together_are_paced(h):
     gaps = [b - a for a, b in zip(first, first[1:])]
     assert min(gaps) >= 1 / 36 * 0.8            # one slot apart (1.2 x 30 / 1 s = 36/s)
     assert first[-1] - first[0] >= 29 / 36 * 0.8
+
+
+def join_pending(h) -> bool:
+    try:
+        h.muc.get_muc(ROOM_JID)
+    except KeyError:
+        return False
+    return True
+
+
+async def kicked_333(h) -> None:
+    h.feed(self_unavailable(ROOM, "bot", 110, 333))
+    await h.settle()
+
+
+async def test_a_room_that_drops_again_right_after_its_rejoin_backs_off(h):
+    """A flapping room (110+333 right after every rejoin) must not get one
+    join per removal: each drop soon after the rejoin that ended the last
+    one waits like a failed attempt, with a growing ceiling."""
+    h.guard.backoff_min, h.guard.backoff_max = 0.2, 2.0
+    await h.joined()
+    await kicked_333(h)
+    assert join_pending(h)                     # the first drop: at once
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    waits = []
+    for _ in range(3):
+        await kicked_333(h)                    # again, right after the rejoin
+        assert h.state().state is State.REJOINING
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while not join_pending(h):
+            await asyncio.sleep(0.01)
+        waits.append(loop.time() - start)
+        h.feed(self_available(ROOM, "bot"))
+        await h.settle()
+    # ceilings 0.4, 0.8, 1.6: each wait at least half of its ceiling
+    assert [w >= low for w, low in zip(waits, (0.2, 0.4, 0.8))] == [True] * 3, waits
+    assert [event[0] for event in h.events].count("rejoined") == 4
+
+
+async def test_a_room_that_stayed_joined_for_backoff_max_rejoins_at_once_again(h):
+    h.guard.backoff_min, h.guard.backoff_max = 0.2, 0.5
+    await h.joined()
+    for _ in range(2):                         # flapping: flaps counted up
+        await kicked_333(h)
+        while not join_pending(h):
+            await asyncio.sleep(0.01)
+        h.feed(self_available(ROOM, "bot"))
+        await h.settle()
+    await asyncio.sleep(0.6)                   # stayed joined longer than backoff_max
+    await kicked_333(h)
+    assert join_pending(h)                     # at once again
+
+
+async def test_a_stream_loss_is_not_counted_as_a_flap(h):
+    h.guard._guard.probe_before_rejoin = False   # a stream loss is a drop at once
+    h.guard.backoff_min, h.guard.backoff_max = 5.0, 10.0
+    await h.joined()
+    await kicked_333(h)
+    h.feed(self_available(ROOM, "bot"))        # rejoined after a drop
+    await h.settle()
+    h.guard._guard._on_stream_destroyed()      # the connection went away
+    h.guard._guard._stream_up.set()            # and came back at once
+    h.guard._guard._on_stream_established()
+    await h.settle()
+    assert join_pending(h)                     # rejoining at once, not in 5 s
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    # The room itself drops us again soon after the rejoin that ended its
+    # last drop: a flap, whatever the stream did in between.
+    await kicked_333(h)
+    assert not join_pending(h)
+
+
+def live_groupchat(body: str, sid: str) -> str:
+    return (f"<message from='{ROOM}/alice' to='bot@localhost/r' type='groupchat'>"
+            f"<body>{body}</body><stanza-id xmlns='urn:xmpp:sid:0' id='{sid}' by='{ROOM}'/>"
+            "</message>")
+
+
+async def test_a_stream_lost_while_reading_the_archive_moves_no_position(h, monkeypatch):
+    """Live messages wait while the archive is read. When the stream dies
+    during that read, they must not be delivered: they would move the
+    position past what the archive has not returned, and the next rejoin's
+    recovery would skip it. The next recovery returns them, in order."""
+    import datetime
+
+    from muc_guard import mam
+
+    delivered: list[str] = []
+    h.guard.on_message.connect(
+        lambda room, message, *, recovered, own: delivered.append(message.body.any()))
+    await h.joined()
+    rec = h.guard._guard._rooms[ROOM_JID]
+    rec.has_archive = True
+    h.client.stream._process_incoming_message(parse(live_groupchat("one", "s1")))
+    assert delivered == ["one"]
+
+    reading: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    answers: list[Any] = [ConnectionError("stream lost"), []]
+    calls: list[str | None] = []
+
+    async def fetch(client, room, *, after_id=None, **kwargs):
+        calls.append(after_id)
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            await reading
+            raise answer
+        return answer, True
+
+    monkeypatch.setattr(mam, "fetch", fetch)
+    await kicked_333(h)
+    h.feed(self_available(ROOM, "bot"))               # rejoined: the archive is read
+    await h.settle()
+    h.client.stream._process_incoming_message(parse(live_groupchat("missed", "s2")))
+    h.client.stream._process_incoming_message(parse(live_groupchat("three", "s3")))
+    reading.set_result(None)                          # ... and the stream dies meanwhile
+    await h.settle()
+    assert delivered == ["one"]
+    assert rec.position.last_id == "s1"
+
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    answers[0] = [mam.ArchivedMessage(sid, stamp, parse(live_groupchat(body, sid)))
+                  for body, sid in (("missed", "s2"), ("three", "s3"))]
+    h.guard.backoff_min, h.guard.backoff_max = 0.01, 0.02
+    await kicked_333(h)
+    await asyncio.sleep(0.05)
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    assert calls == ["s1", "s1"]                      # both reads start after "one"
+    assert delivered == ["one", "missed", "three"]
