@@ -38,6 +38,8 @@ from muc_guard.policy import classify_removal, decide
 from harness import ROOM, ROOM_JID, Harness
 from stanzas import parse
 
+pytestmark = pytest.mark.fuzz
+
 ROOM2 = "other@conference.localhost"
 ROOM2_JID = aioxmpp.JID.fromstr(ROOM2)
 #: our occupant JID in each tracked room
