@@ -372,15 +372,19 @@ async def test_bot_restart_rejoins_from_the_store_without_join(prosody, make_cli
 async def _say(make_client, account, room, text):
     """Another account joins `room` and says `text` (live, not history)."""
     jid, pw = account("alice")
+    from prosody import connected, stop_client
     client = make_client(jid, pw)
-    async with client.connected():
-        muc = client.summon(aioxmpp.MUCClient)
+    muc = client.summon(aioxmpp.MUCClient)
+    await connected(client)
+    try:
         r, fut = muc.join(room, "alice", history=aioxmpp.muc.xso.History(maxstanzas=0))
         await fut
         msg = aioxmpp.Message(type_=aioxmpp.MessageType.GROUPCHAT)
         msg.body[None] = text
         await r.send_message(msg)
         await r.leave()
+    finally:
+        await stop_client(client)
 
 
 async def test_restart_probe_finds_a_kept_occupant_and_only_refreshes(
