@@ -327,7 +327,7 @@ class Sizes:
     """Everything that differs between a full run and a smoke run."""
 
     s1_trials: int = 200
-    s1_rooms: int = 20
+    s1_rooms: int = 200   # one per trial: a room dropped twice within backoff_max is flapping
     s1_baseline_trials: int = 3
     s1_baseline_wait: float = 3.0
     s2_trials: int = 50
@@ -355,7 +355,7 @@ class Sizes:
 
 
 SMOKE = Sizes(
-    s1_trials=5, s1_rooms=2, s1_baseline_trials=1, s1_baseline_wait=0.5,
+    s1_trials=5, s1_rooms=5, s1_baseline_trials=1, s1_baseline_wait=0.5,
     s2_trials=2, s2_bots=2, s2_ping_idle=0.5,
     s3_rooms=8, s3_ping_idle=1.5, s3_spread=0.8,
     s4_rooms=20, s4_concurrency=(4, 20), s4_repeats=1,
