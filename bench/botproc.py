@@ -42,6 +42,16 @@ def emit(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+def tune_aioxmpp_self_ping(room: Any, idle: float, ping_timeout: float) -> None:
+    """The baseline of issue #5: aioxmpp's own MUC self-ping tuned to the
+    guard's intervals (first ping after `idle` s of silence, then every
+    `idle` s; gives up after idle + ping_timeout)."""
+    room.muc_soft_timeout = timedelta(seconds=idle)
+    room.muc_ping_interval = timedelta(seconds=idle)
+    room.muc_ping_timeout = timedelta(seconds=ping_timeout)
+    room.muc_hard_timeout = timedelta(seconds=idle + ping_timeout)
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -201,12 +211,7 @@ async def main(config: dict[str, Any]) -> None:
                 room, fut = muc.join(room_jid, nick)
                 room.on_message.connect(on_message)
                 if idle is not None:
-                    # The baseline of issue #5: aioxmpp's own self-ping tuned
-                    # to the guard's intervals (as in scenario 2).
-                    room.muc_soft_timeout = timedelta(seconds=idle)
-                    room.muc_ping_interval = timedelta(seconds=idle)
-                    room.muc_ping_timeout = timedelta(seconds=ping_timeout)
-                    room.muc_hard_timeout = timedelta(seconds=idle + ping_timeout)
+                    tune_aioxmpp_self_ping(room, idle, ping_timeout)
                 await fut
                 return True
 

@@ -426,6 +426,17 @@ class Context:
         self._clients.append(client)
         return client
 
+    async def watched_guard(self, prefix: str, ping_idle: float,
+                            ping_timeout: float) -> tuple[aioxmpp.Client, "Probe", Any]:
+        """A fresh account's client with a Probe and a guard set to these
+        self-ping intervals (not connected yet)."""
+        client = self.client(await self.account(prefix), "bench")
+        probe = Probe(client)
+        guard = self.guard(client)
+        guard.ping_idle = ping_idle
+        guard.ping_timeout = ping_timeout
+        return client, probe, guard
+
     def guard(self, client: aioxmpp.Client) -> Any:
         """Summon muc_guard.MUCGuard on `client` (shut down by cleanup())."""
         import muc_guard

@@ -32,11 +32,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from datetime import timedelta
 from typing import Any
 
 import aioxmpp
 
+from .botproc import tune_aioxmpp_self_ping
 from .common import Context, Events, Probe, ScenarioResult, fmt
 
 TITLE = "Silent drop → detected → rejoined (ping_idle = 2 s)"
@@ -61,12 +61,7 @@ class Trial:
 async def _guard_worker(ctx: Context, k: int, rooms: list[aioxmpp.JID], idle: float,
                         out: Trial, seed: int) -> None:
     rng = random.Random(seed)
-    jid = await ctx.account("s2g")
-    client = ctx.client(jid, "bench")
-    probe = Probe(client)
-    guard = ctx.guard(client)
-    guard.ping_idle = idle
-    guard.ping_timeout = PING_TIMEOUT
+    client, probe, guard = await ctx.watched_guard("s2g", idle, PING_TIMEOUT)
     events = Events()
     last_at_drop: dict[float, float | None] = {}
 
@@ -84,13 +79,16 @@ async def _guard_worker(ctx: Context, k: int, rooms: list[aioxmpp.JID], idle: fl
         # backoff_max of its rejoin is flapping, and is rejoined after a
         # pause on purpose; the trials measure independent drops.
         await asyncio.wait_for(guard.join(room, "bot"), 30)
-        await _guard_trial(ctx, room, idle, rng, events, last_at_drop, probe, out)
+        await _trial(ctx, room, idle, rng, events, last_at_drop, probe, out)
         await guard.leave(room)
 
 
-async def _guard_trial(ctx: Context, room: aioxmpp.JID, idle: float, rng: random.Random,
-                       events: Events, last_at_drop: dict[float, float | None], probe: Probe,
-                       out: Trial) -> None:
+async def _trial(ctx: Context, room: aioxmpp.JID, idle: float, rng: random.Random,
+                 events: Events, last_at_drop: dict[float, float | None], probe: Probe,
+                 out: Trial) -> None:
+    """One silent removal of the bot from `room`, measured into `out`.
+    `last_at_drop` maps each "dropped" event's time to the last stanza
+    received from the room before it; guard and aioxmpp bots share this."""
     await asyncio.sleep(rng.uniform(0.05, 0.4) * idle)
     t_rm = time.monotonic()
     await ctx.server.silent_remove(room, "bot")
@@ -119,10 +117,7 @@ async def _aioxmpp_worker(ctx: Context, k: int, room: aioxmpp.JID, trials: int, 
     await ctx.connect(client)
     await asyncio.sleep(k * idle / max(1, ctx.sizes.s2_bots))
     aroom, fut = muc.join(room, "bot", autorejoin=True)
-    aroom.muc_soft_timeout = timedelta(seconds=idle)
-    aroom.muc_ping_interval = timedelta(seconds=idle)
-    aroom.muc_ping_timeout = timedelta(seconds=PING_TIMEOUT)
-    aroom.muc_hard_timeout = timedelta(seconds=idle + PING_TIMEOUT)
+    tune_aioxmpp_self_ping(aroom, idle, PING_TIMEOUT)
     monitor = aroom._monitor
     original_exited = monitor.on_exited
 
@@ -135,20 +130,7 @@ async def _aioxmpp_worker(ctx: Context, k: int, room: aioxmpp.JID, trials: int, 
     aroom.on_enter.connect(lambda *a, **kw: events.add("rejoined", room))
     await asyncio.wait_for(fut, 30)
     for _ in range(trials):
-        await asyncio.sleep(rng.uniform(0.05, 0.4) * idle)
-        t_rm = time.monotonic()
-        await ctx.server.silent_remove(room, "bot")
-        t_d = await events.first("dropped", room, after=t_rm, timeout=idle + 15)
-        t_r = await events.first("rejoined", room, after=t_d, timeout=15) if t_d else None
-        last = last_at_exit.get(t_d) if t_d else None
-        ping = probe.last_ping_to(room, t_d) if t_d else None
-        if t_d is None or t_r is None or last is None or ping is None or ping.rtt is None:
-            out.failed += 1
-            continue
-        out.detect.append(t_d - last)
-        out.rtt.append(ping.rtt)
-        out.excess.append(t_d - last - idle - ping.rtt)
-        out.rejoin.append(t_r - t_d)
+        await _trial(ctx, room, idle, rng, events, last_at_exit, probe, out)
 
 
 async def run(ctx: Context, res: ScenarioResult) -> None:

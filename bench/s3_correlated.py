@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
 from typing import Any
 
 import aioxmpp
 
+from .botproc import tune_aioxmpp_self_ping
 from .common import Context, Events, Probe, ScenarioResult, fmt
 
 TITLE = "Correlated silent drop of 100 rooms (ping_idle = 10 s)"
@@ -77,12 +77,7 @@ async def _measure(ctx: Context, client: aioxmpp.Client, probe: Probe, events: E
 
 
 async def _guard_run(ctx: Context, rooms: list[aioxmpp.JID], idle: float) -> dict[str, Any]:
-    jid = await ctx.account("s3g")
-    client = ctx.client(jid, "bench")
-    probe = Probe(client)
-    guard = ctx.guard(client)
-    guard.ping_idle = idle
-    guard.ping_timeout = PING_TIMEOUT
+    client, probe, guard = await ctx.watched_guard("s3g", idle, PING_TIMEOUT)
     events = Events()
     guard.on_dropped.connect(events.listener("dropped"))
     guard.on_rejoined.connect(events.listener("rejoined"))
@@ -104,10 +99,7 @@ async def _aioxmpp_run(ctx: Context, rooms: list[aioxmpp.JID], idle: float) -> d
     futures = []
     for room in rooms:
         aroom, fut = muc.join(room, "bot", autorejoin=True)
-        aroom.muc_soft_timeout = timedelta(seconds=idle)
-        aroom.muc_ping_interval = timedelta(seconds=idle)
-        aroom.muc_ping_timeout = timedelta(seconds=PING_TIMEOUT)
-        aroom.muc_hard_timeout = timedelta(seconds=idle + PING_TIMEOUT)
+        tune_aioxmpp_self_ping(aroom, idle, PING_TIMEOUT)
         monitor = aroom._monitor
 
         def exited(room: aioxmpp.JID = room, original: Any = monitor.on_exited) -> None:

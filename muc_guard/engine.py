@@ -657,22 +657,30 @@ class GuardEngine:
         the server may keep it, e.g. for a remote MUC that never noticed. The
         join loop self-pings first; only a room that let us go counts as a
         drop (see _still_joined)."""
-        rec.cancel_timers()
-        self._release_aioxmpp_room(rec.jid)
-        rec.room = None
+        self._detach(rec)
         rec.state = State.REJOINING
         rec.probe = True
         rec.suspect_since = time.time()
         self._start_joining(rec, 0.0)
+
+    def _detach(self, rec: TrackedRoom) -> None:
+        """Stop watching a room we are (maybe) no longer in."""
+        rec.cancel_timers()
+        self._release_aioxmpp_room(rec.jid)
+        rec.room = None
+
+    @staticmethod
+    def _record_drop(rec: TrackedRoom, cause: Cause, at: float) -> None:
+        rec.drops += 1
+        rec.last_cause = cause
+        rec.last_dropped = at
 
     def _confirm_suspected_drop(self, rec: TrackedRoom) -> None:
         """The probe after a lost stream says we are out: now it is a drop."""
         since, rec.suspect_since = rec.suspect_since, None
         if since is None:
             return
-        rec.drops += 1
-        rec.last_cause = Cause.STREAM_LOST
-        rec.last_dropped = since
+        self._record_drop(rec, Cause.STREAM_LOST, since)
         rec.announce_rejoin = True
         self._mark(rec)
         logger.warning("%s: dropped (%s); rejoin", rec.jid, Cause.STREAM_LOST.value)
@@ -682,12 +690,8 @@ class GuardEngine:
     def _dropped(self, rec: TrackedRoom, cause: Cause, reason: str | None = None) -> None:
         if self._rooms.get(rec.jid) is not rec or rec.state is not State.JOINED:
             return
-        rec.cancel_timers()
-        self._release_aioxmpp_room(rec.jid)
-        rec.room = None
-        rec.drops += 1
-        rec.last_cause = cause
-        rec.last_dropped = time.time()
+        self._detach(rec)
+        self._record_drop(rec, cause, time.time())
         decision = decide(cause)
         logger.warning("%s: dropped (%s%s); %s", rec.jid, cause.value,
                        f": {reason}" if reason else "", decision.value)
@@ -843,29 +847,36 @@ class GuardEngine:
             rec.ping_task = self._spawn(self._self_ping(rec))
         self._schedule_ping_drain()
 
-    async def _self_ping(self, rec: TrackedRoom) -> None:
-        target = rec.jid.replace(resource=rec.nick)
-        condition: str | None = None
-        timed_out = False
+    async def _ping_own_occupant(self, rec: TrackedRoom,
+                                 timeout: float) -> tuple[str | None, bool] | None:
+        """XEP-0410 self-ping: (error condition or None for a result, timed
+        out), or None when the stream failed (its handlers take over)."""
         try:
-            try:
-                await self.client.send(
-                    aioxmpp.IQ(to=target, type_=aioxmpp.IQType.GET,
-                               payload=aioxmpp.ping.Ping()),
-                    timeout=self.ping_timeout,
-                )
-            except TimeoutError:
-                timed_out = True
-            except aioxmpp.errors.XMPPError as exc:
-                condition = error_condition(exc)
-            except (ConnectionError, aioxmpp.errors.StreamError):
-                return   # the stream handlers take over
-            except Exception:
-                # Whatever went wrong, this room must keep being watched.
-                logger.exception("%s: self-ping failed; treating it as no reply", rec.jid)
-                timed_out = True
+            await self.client.send(
+                aioxmpp.IQ(to=rec.jid.replace(resource=rec.nick), type_=aioxmpp.IQType.GET,
+                           payload=aioxmpp.ping.Ping()),
+                timeout=timeout,
+            )
+        except TimeoutError:
+            return None, True
+        except aioxmpp.errors.XMPPError as exc:
+            return error_condition(exc), False
+        except (ConnectionError, aioxmpp.errors.StreamError):
+            return None
+        except Exception:
+            # Whatever went wrong, this room must keep being watched.
+            logger.exception("%s: self-ping failed; treating it as no reply", rec.jid)
+            return None, True
+        return None, False
+
+    async def _self_ping(self, rec: TrackedRoom) -> None:
+        try:
+            reply = await self._ping_own_occupant(rec, self.ping_timeout)
         finally:
             rec.ping_task = None
+        if reply is None:
+            return
+        condition, timed_out = reply
         if rec.state is not State.JOINED or self._rooms.get(rec.jid) is not rec:
             return
         verdict = read_ping_reply(condition, timed_out=timed_out)
@@ -965,24 +976,13 @@ class GuardEngine:
         resource = self.client.local_jid.resource
         if self._occupant_resource is not None and resource != self._occupant_resource:
             return False   # a new full JID: the old occupant cannot be ours now
-        condition: str | None = None
-        try:
-            await self.client.send(
-                aioxmpp.IQ(to=rec.jid.replace(resource=rec.nick), type_=aioxmpp.IQType.GET,
-                           payload=aioxmpp.ping.Ping()),
-                timeout=self.probe_timeout)
-        except TimeoutError:
-            return False
-        except aioxmpp.errors.XMPPError as exc:
-            condition = error_condition(exc)
-        except (ConnectionError, aioxmpp.errors.StreamError):
+        reply = await self._ping_own_occupant(rec, self.probe_timeout)
+        if reply is None:
             return None
-        except Exception:
-            logger.exception("%s: probe failed; joining", rec.jid)
-            return False
+        condition, timed_out = reply
         # Only a clear "joined" counts: item-not-found (XEP-0410 §3.2: maybe a
-        # changed nick) costs nothing to settle with a join.
-        still = read_ping_reply(condition) is PingVerdict.JOINED
+        # changed nick) and no answer cost nothing to settle with a join.
+        still = read_ping_reply(condition, timed_out=timed_out) is PingVerdict.JOINED
         logger.info("%s: probe before rejoin: %s", rec.jid,
                     "still an occupant, refreshing" if still else (condition or "?"))
         return still

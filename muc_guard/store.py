@@ -139,6 +139,12 @@ class StoreError(Exception):
     """The store file cannot be used; the message names the file and why."""
 
 
+def _recent_json(rec: TrackedRoom) -> str | None:
+    """The digests of the messages delivered just before the position."""
+    return recent_to_json(rec.stream.recent() if rec.stream is not None
+                          else rec.position.recent)
+
+
 def _room_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
     return (
         account, str(rec.jid), rec.requested_nick, rec.nick, rec.password,
@@ -147,7 +153,7 @@ def _room_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
         rec.last_joined, rec.last_dropped,
         rec.added if rec.added is not None else time.time(),
         rec.position.last_id, rec.position.last_ts,
-        recent_to_json(rec.stream.recent() if rec.stream is not None else rec.position.recent),
+        _recent_json(rec),
         rec.last_downtime,
         None if rec.has_archive is None else int(rec.has_archive),
     )
@@ -155,8 +161,7 @@ def _room_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
 
 def _position_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
     return (
-        rec.position.last_id, rec.position.last_ts,
-        recent_to_json(rec.stream.recent() if rec.stream is not None else rec.position.recent),
+        rec.position.last_id, rec.position.last_ts, _recent_json(rec),
         account, str(rec.jid),
     )
 
