@@ -281,15 +281,20 @@ class PingRecord:
 
 
 class Events:
-    """Timestamps of (kind, room) events, with bounded waits for them."""
+    """Timestamps of (kind, room) events, with bounded waits for them.
+
+    A wait's predicate is checked as each event is added, not by a task
+    woken per event: the waiting must cost the measured client nothing."""
 
     def __init__(self) -> None:
         self.log: list[tuple[float, str, aioxmpp.JID]] = []
-        self._changed = asyncio.Event()
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[bool]]] = []
 
     def add(self, kind: str, room: aioxmpp.JID) -> None:
         self.log.append((time.monotonic(), kind, room))
-        self._changed.set()
+        for predicate, fut in self._waiters:
+            if not fut.done() and predicate():
+                fut.set_result(True)
 
     def listener(self, kind: str) -> Callable[..., None]:
         def record(room: aioxmpp.JID, *args: Any, **kwargs: Any) -> None:
@@ -303,15 +308,17 @@ class Events:
         return len(self.times(kind, after=after))
 
     async def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
-        return True
+        if predicate():
+            return True
+        waiter = (predicate, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1], timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._waiters.remove(waiter)
 
     async def first(self, kind: str, room: aioxmpp.JID, after: float, timeout: float) -> float | None:
         if not await self.wait(lambda: bool(self.times(kind, room, after)), timeout):

@@ -60,8 +60,10 @@ async def _measure(ctx: Context, client: aioxmpp.Client, probe: Probe, events: E
     t_rm = time.monotonic()
     await ctx.silent_remove_all(rooms, "bot")
     t_rm_done = time.monotonic()
-    ok = await events.wait(lambda: all(events.times("rejoined", r, t_rm) for r in rooms),
-                           idle + spread + 20)
+    wanted = set(rooms)
+    ok = await events.wait(
+        lambda: wanted <= {r for t, k, r in events.log if k == "rejoined" and t >= t_rm},
+        idle + spread + 20)
     drops = {r: events.times("dropped", r, t_rm) for r in rooms}
     rejoins = {r: events.times("rejoined", r, t_rm) for r in rooms}
     detected = [d[0] for d in drops.values() if d]

@@ -17,7 +17,8 @@ reading them from the store); the
 best `c` (lowest median wall time) is the baseline. Every run uses a fresh
 account, so each run joins 1,000 rooms it is not in; runs are interleaved
 repeat by repeat. The guard runs with its default ``max_concurrent_joins``
-(256) and, if that differs, also with the baseline's best `c`.
+(1,024) and, for the cost of a tighter bound, with 256 (its joins then go
+out in waves: 256, then 128 whenever half of those in flight are answered).
 
 Server load: Prosody's CPU seconds during each run (from /proc) are reported
 next to the client's; the bound on server load is the number of joins in
@@ -33,6 +34,7 @@ from typing import Any
 
 import aioxmpp
 
+from muc_guard.engine import DEFAULT_MAX_CONCURRENT_JOINS
 from muc_guard.rooms import State, TrackedRoom
 from muc_guard.store import Store
 
@@ -40,7 +42,8 @@ from .common import Context, Events, ScenarioResult, fmt
 
 TITLE = "Cold start: 1,000 rooms in the store → all joined"
 
-GUARD_DEFAULT = 256   # muc_guard's default max_concurrent_joins
+GUARD_DEFAULT = DEFAULT_MAX_CONCURRENT_JOINS
+GUARD_TIGHT = 256      # a tighter bound, for its cost
 
 
 async def make_store(path: str, account: aioxmpp.JID, rooms: list[aioxmpp.JID],
@@ -126,21 +129,18 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
     # B: the comparison, interleaved repeat by repeat
     plain: list[dict[str, Any]] = []
     guard: list[dict[str, Any]] = []
-    guard_best: list[dict[str, Any]] = []
+    guard_tight: list[dict[str, Any]] = []
     for rep in range(sz.s4_repeats):
         plain.append(await _plain(ctx, rooms, best))
         guard.append(await _guard(ctx, rooms, GUARD_DEFAULT, f"d{rep}"))
-        if best != GUARD_DEFAULT:
-            guard_best.append(await _guard(ctx, rooms, best, f"b{rep}"))
+        guard_tight.append(await _guard(ctx, rooms, GUARD_TIGHT, f"t{rep}"))
 
     base = res.figure(f"plain aioxmpp loop, {best} joins in flight (best)", "s",
                       [r["wall"] for r in plain])
     g = res.figure(f"guard, max_concurrent_joins={GUARD_DEFAULT} (default)", "s",
                    [r["wall"] for r in guard], baseline=base)
-    gb = None
-    if guard_best:
-        gb = res.figure(f"guard, max_concurrent_joins={best}", "s",
-                        [r["wall"] for r in guard_best], baseline=base)
+    gb = res.figure(f"guard, max_concurrent_joins={GUARD_TIGHT} (waves)", "s",
+                    [r["wall"] for r in guard_tight], baseline=base)
     res.figure("guard: open_store() itself", "ms", [r["open"] * 1000 for r in guard])
     pc = res.figure("plain: client CPU per run", "s", [r["cpu"] for r in plain])
     res.figure("guard: client CPU per run", "s", [r["cpu"] for r in guard], baseline=pc)
@@ -156,15 +156,16 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
                        [r["wall"] for r in sweep[c]], baseline=sweep_base)
 
     ratio = g.ratio or float("nan")
-    complete = all(r["complete"] for r in guard + guard_best)
+    complete = all(r["complete"] for r in guard + guard_tight)
     res.check("wall time ≤ 1.10 × the best plain aioxmpp loop",
               f"guard (c={GUARD_DEFAULT}) {fmt(g.summary.median)} s vs plain (c={best}) "
               f"{fmt(base.summary.median)} s = {ratio:.2f} ×"
-              + (f"; guard at c={best}: {fmt(gb.summary.median)} s = {gb.ratio:.2f} ×"
-                 if gb is not None and gb.ratio else ""),
+              + (f"; info: guard at c={GUARD_TIGHT}: {fmt(gb.summary.median)} s = {gb.ratio:.2f} ×"
+                 if gb.ratio else ""),
               complete and ratio <= 1.10)
     res.check("server load bounded (concurrency stated)",
-              f"≤ {GUARD_DEFAULT} joins in flight (guard), {best} (plain); Prosody CPU per run "
+              f"≤ {GUARD_DEFAULT} joins in flight (guard; all {len(rooms)} at once here), "
+              f"{best} (plain); Prosody CPU per run "
               f"{fmt(median(guard, 'server'))} s (guard) vs {fmt(median(plain, 'server'))} s",
               None)
     res.note(f"{len(rooms)} rooms. Plain-loop concurrencies tried (two runs each): "

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from muc_guard.engine import DEFAULT_MAX_CONCURRENT_JOINS
+
 from .common import Context, ScenarioResult, fmt
 
 TITLE = "Restart: bot with 1,000 wanted rooms, process start → all joined"
@@ -73,5 +75,6 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
               f"= {fig.ratio or float('nan'):.2f} ×; all joined: {complete}",
               None if complete else False)
     res.note(f"{sz.s8_rooms} rooms, {sz.s8_repeats} restarts of each kind, interleaved; the guard "
-             f"uses its default max_concurrent_joins (256); the plain bot {concurrency}. The "
+             f"uses its default max_concurrent_joins ({DEFAULT_MAX_CONCURRENT_JOINS}); the plain bot "
+             f"{concurrency}. The "
              f"issue sets no bound for this scenario; the plain process is the reference.")

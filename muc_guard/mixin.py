@@ -79,7 +79,8 @@ class GuardMixin:
         "permanent_error_limit",
         "Consecutive permanent join errors before giving up on a rejoin (default 3).")
     max_concurrent_joins = _engine_setting(
-        "max_concurrent_joins", "Join attempts in flight at once (default 256).")
+        "max_concurrent_joins",
+        "Join attempts in flight at once; more go out in waves (default 1024).")
     nick_conflict_retries = _engine_setting(
         "nick_conflict_retries",
         "409 on a rejoin: tries with our own nick before a fallback nick (default 2).")

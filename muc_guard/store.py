@@ -17,8 +17,9 @@ The rules it follows:
 * Only this module speaks SQL.
 * Writes are rare (join, leave, drop, nick change) and precious, so each is a
   real transaction (``BEGIN IMMEDIATE`` … ``COMMIT``) with
-  ``synchronous=FULL`` in WAL mode. :class:`StoreWriter` coalesces changes
-  that pile up while a write is running into the next transaction.
+  ``synchronous=FULL`` in WAL mode. :class:`StoreWriter` batches changes
+  into at most one transaction a second; a give-up, a deletion and the
+  guard's explicit flushes (join, leave) are written at once.
 * The file is created with mode 0600 before SQLite touches it: it may hold
   room passwords. SQLite gives its ``-wal`` and ``-shm`` files the same mode.
 * ``PRAGMA application_id`` marks the file as ours and ``PRAGMA user_version``
@@ -45,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -69,6 +71,26 @@ SCHEMA_VERSION = 3
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # Primary SQLite result codes (sqlite3.Error.sqlite_errorcode & 0xFF).
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 5, 6, 8
+
+# A bare JID on which stringprep is the identity: nodeprep (RFC 6122 A.5)
+# maps nothing in lower-case ASCII and forbids only " & ' / : < > @ and space
+# there; nameprep maps and forbids nothing in lower-case LDH labels.
+_PLAIN_BARE_JID = re.compile(
+    r"([a-z0-9!#$%()*+,.;=?\[\]^_`{|}~-]{1,1023})@([a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})*)")
+# JID.__new__ runs stringprep; its namedtuple base stores the parts as given.
+_jid_from_prepared = super(aioxmpp.JID, aioxmpp.JID).__new__
+
+
+def parse_stored_room(text: str) -> aioxmpp.JID:
+    """Parse a room JID the store wrote from a parsed JID. Such text is
+    usually in the plain form above, and aioxmpp's pure-Python stringprep
+    (~70 µs per JID, most of reading 1,000 rooms) is skipped for it; anything
+    else takes aioxmpp's full parse. Either way the JID is the one
+    ``JID.fromstr`` returns (tests/unit/test_store.py checks that)."""
+    match = _PLAIN_BARE_JID.fullmatch(text) if isinstance(text, str) else None
+    if match is None or len(match[2]) > 1023:
+        return aioxmpp.JID.fromstr(text)
+    return _jid_from_prepared(aioxmpp.JID, match[1], match[2], None)
 
 #: MIGRATIONS[n] brings a store from user_version n to n + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -374,7 +396,7 @@ class Store:
         (room, requested_nick, nick, password, wanted, drops, last_cause,
          last_joined, last_dropped, added, last_id, last_ts, recent, last_downtime,
          has_archive) = row
-        jid = aioxmpp.JID.fromstr(room)
+        jid = parse_stored_room(room)
         if not jid.is_bare or not jid.localpart:
             raise ValueError(f"not a bare room JID: {room!r}")
         if not isinstance(requested_nick, str) or not isinstance(nick, str):
@@ -490,15 +512,20 @@ class Store:
 class StoreWriter:
     """Coalesces changes to one account's rooms into few durable transactions.
 
-    The guard marks records dirty as events happen and awaits :meth:`flush`
-    where durability matters (join, leave). When a write fails (disk full, file
+    The guard marks records dirty as events happen (written within
+    BATCH_DELAY, or at once with ``now=True``) and awaits :meth:`flush` where
+    the caller must know the change is stored (join, leave). When a write fails (disk full, file
     read-only) the changes stay pending and are retried later: the guard keeps
     guarding from memory meanwhile, and nothing already stored is lost.
     """
 
     RETRY_DELAY = 5.0
-    #: lazy changes (message positions) wait at most this long to be written
-    LAZY_DELAY = 1.0
+    #: changes wait at most this long, to be written together: a burst of
+    #: 1,000 rejoins becomes one or two transactions, not one per room (and
+    #: SQLite's thread does not compete with the joins for the GIL). Changes
+    #: that must survive a crash (a give-up, a deletion) are written at once,
+    #: as is everything when the guard awaits flush() (join, leave).
+    BATCH_DELAY = 1.0
 
     def __init__(self, store: Store, account: str) -> None:
         self.store = store
@@ -510,49 +537,52 @@ class StoreWriter:
         self._lock = asyncio.Lock()
         self._retry: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._lazy: asyncio.TimerHandle | None = None
+        self._batch: asyncio.TimerHandle | None = None
+        #: pending changes are to be written now (not at the batch timer)
+        self._due = False
         self.failed = False
 
-    def mark(self, rec: TrackedRoom, *, lazy: bool = False) -> None:
-        """Note a changed record; `lazy` marks say that only its message
-        position changed, and are batched for up to LAZY_DELAY s."""
+    def mark(self, rec: TrackedRoom, *, lazy: bool = False, now: bool = False) -> None:
+        """Note a changed record, to be written within BATCH_DELAY s (`now`:
+        at once). `lazy` marks say that only its message position changed."""
         if not lazy:
             self._deleted.discard(rec.jid)
             self._moved.pop(rec.jid, None)
             self._dirty[rec.jid] = rec
-            self._kick()
-            return
-        if rec.jid in self._deleted:
+        elif rec.jid in self._deleted:
             return    # gone
-        if rec.jid not in self._dirty:    # else it is written whole anyway
+        elif rec.jid not in self._dirty:    # else it is written whole anyway
             self._moved[rec.jid] = rec
-        if self._lazy is None and self._retry is None:
-            self._lazy = asyncio.get_running_loop().call_later(self.LAZY_DELAY, self._lazy_due)
+        if now:
+            self._write_now()
+        elif self._batch is None and self._retry is None:
+            self._batch = asyncio.get_running_loop().call_later(self.BATCH_DELAY, self._batch_due)
 
-    def _lazy_due(self) -> None:
-        self._lazy = None
-        self._kick()
+    def _batch_due(self) -> None:
+        self._batch = None
+        self._write_now()
 
     def mark_deleted(self, jid: aioxmpp.JID) -> None:
         self._dirty.pop(jid, None)
         self._moved.pop(jid, None)
         self._deleted.add(jid)
-        self._kick()
+        self._write_now()
 
     @property
     def pending(self) -> bool:
         return bool(self._dirty or self._deleted or self._moved)
 
-    def _kick(self) -> None:
+    def _write_now(self) -> None:
+        self._due = True
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._background_flush())
 
     async def _background_flush(self) -> None:
         try:
-            await self.flush()
-            # Changes marked while that write ran found this task busy: write
-            # them now (lazy ones wait for their timer).
-            while self._dirty or self._deleted:
+            # Changes due while a write ran found this task busy: write them
+            # next (the others wait for their batch timer).
+            while self._due and self.pending:
+                self._due = False
                 await self.flush()
         except StoreError:
             pass  # logged in flush(); retried by the timer
@@ -596,13 +626,13 @@ class StoreWriter:
 
     def _retry_now(self) -> None:
         self._retry = None
-        self._kick()
+        self._write_now()
 
     async def close(self) -> None:
         """Flush what can be flushed and stop retrying."""
-        if self._lazy is not None:
-            self._lazy.cancel()
-            self._lazy = None
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None

@@ -411,3 +411,56 @@ async def test_a_stream_lost_while_reading_the_archive_moves_no_position(h, monk
     await h.settle()
     assert calls == ["s1", "s1"]                      # both reads start after "one"
     assert delivered == ["one", "missed", "three"]
+
+
+async def test_aioxmpp_self_ping_is_off_and_arms_no_timers(h):
+    """aioxmpp's MUC self-ping would rejoin behind our back; switched off, its
+    monitor must not even re-arm timers on each stanza (steady-state CPU)."""
+    room = await h.joined()
+    other = f"{ROOM}/alice"
+    h.feed(f"<presence xmlns='jabber:client' from='{other}' to='bot@localhost/r'>"
+           "<x xmlns='http://jabber.org/protocol/muc#user'>"
+           "<item affiliation='none' role='participant'/></x></presence>")
+    await h.settle()
+    monitor = room._monitor
+    timers = monitor._monitor
+    assert (timers.deadtime_soft_limit, timers.deadtime_hard_limit) == (None, None)
+    assert (timers._soft_limit_timer, timers._hard_limit_timer) == (None, None)
+    monitor.disable()
+    monitor.enable()     # as aioxmpp does around a rejoin of its own
+    assert (timers.deadtime_soft_limit, timers.deadtime_hard_limit) == (None, None)
+
+
+async def test_an_unanswered_join_times_out_and_is_tried_again(h, caplog):
+    from muc_guard.rejoin import Backoff
+
+    h.guard.join_timeout = 0.05
+    h.guard._guard.backoff = Backoff(0.01, 0.02)
+    join = asyncio.ensure_future(h.guard.join(ROOM, "bot"))
+    await h.pending()
+    first = h.muc.get_muc(ROOM_JID)
+    with caplog.at_level("INFO", logger="muc_guard"):
+        await asyncio.sleep(0.3)                 # several attempts time out
+    timeouts = [r for r in caplog.records if "JoinTimeout" in r.getMessage()]
+    assert len(timeouts) >= 2
+    assert not join.done() and h.state().state is State.JOINING
+    await h.pending()
+    assert h.muc.get_muc(ROOM_JID) is not first  # a fresh attempt, not the first one
+    h.feed(self_available(ROOM, "bot"))
+    room = await asyncio.wait_for(join, 1)
+    assert h.state().state is State.JOINED and h.state().room is room
+
+
+async def test_shutdown_during_a_join_attempt_is_not_a_timeout(h, caplog):
+    h.guard.join_timeout = 60
+    join = asyncio.ensure_future(h.guard.join(ROOM, "bot"))
+    await h.pending()
+    with caplog.at_level("INFO", logger="muc_guard"):
+        await h.guard.shutdown()
+    with pytest.raises(ConnectionError):
+        await join
+    # (asyncio logs that aioxmpp cannot send the unjoin: this client is offline)
+    assert not [r for r in caplog.records if r.name.startswith("muc_guard")
+                and ("JoinTimeout" in r.getMessage() or r.levelname == "ERROR")]
+    with pytest.raises(KeyError):
+        h.muc.get_muc(ROOM_JID)                  # the pending join was withdrawn

@@ -7,10 +7,17 @@ import time
 
 import aioxmpp
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from muc_guard import Cause, State, StoreError
 from muc_guard.rooms import TrackedRoom
-from muc_guard.store import APPLICATION_ID, SCHEMA_VERSION, Store, StoreWriter
+from muc_guard.store import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    Store,
+    StoreWriter,
+    parse_stored_room,
+)
 
 ROOM = aioxmpp.JID.fromstr("room@conference.localhost")
 OTHER = aioxmpp.JID.fromstr("other@conference.localhost")
@@ -189,7 +196,7 @@ async def test_message_positions_round_trip(tmp_path):
 async def test_lazy_marks_are_batched_into_one_transaction(tmp_path):
     store = await Store.open(tmp_path / "bot.db")
     writer = StoreWriter(store, "bot@localhost")
-    writer.LAZY_DELAY = 0.2
+    writer.BATCH_DELAY = 0.2
     recs = [tracked(jid=aioxmpp.JID.fromstr(f"r{i}@c.localhost")) for i in range(50)]
     for _ in range(20):                         # 1,000 position updates
         for rec in recs:
@@ -243,7 +250,7 @@ async def test_changes_marked_during_a_write_are_written_without_another_event(t
     from muc_guard.continuity import Position
     store = await Store.open(tmp_path / "bot.db")
     writer = StoreWriter(store, "bot@localhost")
-    writer.LAZY_DELAY = 0.1
+    writer.BATCH_DELAY = 0.1
     first, second = tracked(), tracked(jid=aioxmpp.JID.fromstr("other@c.localhost"))
     writer.mark(first)                  # a write starts...
     await asyncio.sleep(0)
@@ -259,5 +266,79 @@ async def test_changes_marked_during_a_write_are_written_without_another_event(t
     await asyncio.sleep(0.5)
     stored_pos = {str(r.jid): r.position for r in await store.load_rooms("bot@localhost")}
     assert stored_pos[str(second.jid)].last_id == "p1"
+    await writer.close()
+    await store.close()
+
+
+
+# --- stored room JIDs: stringprep skipped where it is the identity ------------------
+
+# Text near the edges of the shortcut: upper case, characters nodeprep forbids,
+# non-ASCII, a soft hyphen (mapped to nothing), control characters, resources.
+_JID_TEXT = st.from_regex(r"[a-zA-Z0-9!#$%()*+,.;=?\[\]^_`{|}~&'/:<>@ é\u00ad\x01-]{0,12}"
+                          r"@[a-zA-Z0-9.é-]{0,12}(/[a-z]{0,3})?", fullmatch=True)
+
+
+def _outcome(parse, text):
+    try:
+        return parse(text)
+    except ValueError as exc:
+        return type(exc)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_JID_TEXT | st.text(max_size=20))
+def test_stored_room_parse_agrees_with_aioxmpp(text):
+    ours, theirs = _outcome(parse_stored_room, text), _outcome(aioxmpp.JID.fromstr, text)
+    assert ours == theirs
+    if isinstance(theirs, aioxmpp.JID):
+        assert type(ours) is aioxmpp.JID
+        assert hash(ours) == hash(theirs) and str(ours) == str(theirs)
+
+
+def test_plain_stored_rooms_skip_stringprep(monkeypatch):
+    import aioxmpp.structs
+
+    calls = []
+    original = aioxmpp.structs.nodeprep
+    monkeypatch.setattr(aioxmpp.structs, "nodeprep",
+                        lambda *a, **kw: calls.append(a) or original(*a, **kw))
+    parse_stored_room("room-1@conference.example.org")
+    assert calls == []
+    parse_stored_room("Room-1@conference.example.org")   # upper case: the full parse
+    assert len(calls) == 1
+
+
+async def test_rooms_with_unusual_jids_still_round_trip(tmp_path):
+    jids = [aioxmpp.JID.fromstr(t) for t in
+            ("Café@Conference.Localhost", "a.b_c~d@x-y.example", "ROOM@muc.localhost")]
+    store = await Store.open(tmp_path / "s.db")
+    try:
+        await store.write("bot@localhost", [tracked(jid=j) for j in jids], [])
+        loaded = {r.jid for r in await store.load_rooms("bot@localhost")}
+    finally:
+        await store.close()
+    assert loaded == set(jids)
+
+
+async def test_changes_are_batched_but_urgent_ones_written_at_once(tmp_path):
+    import asyncio
+    store = await Store.open(tmp_path / "bot.db")
+    writer = StoreWriter(store, "bot@localhost")
+    writer.BATCH_DELAY = 0.3
+    recs = [tracked(jid=aioxmpp.JID.fromstr(f"r{i}@c.localhost")) for i in range(200)]
+    for rec in recs:                            # a burst of rejoins
+        writer.mark(rec)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.1)
+    assert store.transactions == 0
+    await asyncio.sleep(0.4)
+    assert store.transactions == 1 and len(await store.load_rooms("bot@localhost")) == 200
+    recs[0].state = State.GAVE_UP               # kicked: must survive a crash
+    writer.mark(recs[0], now=True)
+    await asyncio.sleep(0.05)
+    assert store.transactions == 2
+    stored = {str(r.jid): r.state for r in await store.load_rooms("bot@localhost")}
+    assert stored[str(recs[0].jid)] is State.GAVE_UP
     await writer.close()
     await store.close()
