@@ -230,14 +230,27 @@ class RoomStream:
 
     def recent(self) -> tuple[tuple[str, float], ...]:
         """Digests delivered within the tolerance window before the position."""
+        return tuple((_key_to_hex(key), self._base + at / 10) for key, at in self._recent())
+
+    def recent_json(self) -> str | None:
+        """``recent_to_json(self.recent())`` in one pass: the store writes it
+        for every room whose position moved, 400 times a second in a busy
+        bot, and the tuples in between cost half of it."""
+        base = self._base
+        items = ['["%016x", %r]' % (key & _MASK64, base + at / 10)
+                 for key, at in self._recent()]
+        return "[" + ", ".join(items) + "]" if items else None
+
+    def _recent(self) -> list[tuple[int, int]]:
+        """(key, tenths) of the digests within twice the tolerance before the
+        position: their history copies may still come; the newest 64."""
         last_ts = self.position.last_ts
         keys, stamps = self._keys, self._stamps
         if last_ts is None or keys is None or stamps is None:
-            return ()
+            return []
         horizon = self._tenths(last_ts - 2 * DIGEST_TOLERANCE)
-        return tuple((_key_to_hex(key), self._base + at / 10)
-                     for key, at in zip(keys, stamps)
-                     if not key & 1 and at >= horizon)[-64:]
+        return [(key, at) for key, at in zip(keys, stamps)
+                if at >= horizon and not key & 1][-64:]
 
 
 def _body_text(message: aioxmpp.Message) -> str:

@@ -163,8 +163,9 @@ class StoreError(Exception):
 
 def _recent_json(rec: TrackedRoom) -> str | None:
     """The digests of the messages delivered just before the position."""
-    return recent_to_json(rec.stream.recent() if rec.stream is not None
-                          else rec.position.recent)
+    if rec.stream is not None:
+        return rec.stream.recent_json()
+    return recent_to_json(rec.position.recent)
 
 
 def _room_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:

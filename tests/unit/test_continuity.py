@@ -112,3 +112,14 @@ def test_digests_stored_with_the_low_bit_set_still_match():
     assert not stream.accept(groupchat("hello", stamp="2023-11-14T22:13:20Z"),
                              now=1700000100.0)
     assert digest("alice", "hello") in (full, format(int(full, 16) & ~1, "016x"))
+
+
+def test_recent_json_is_what_the_store_wrote_before():
+    """The one-pass JSON equals recent_to_json(recent()), byte for byte."""
+    from muc_guard.continuity import recent_from_json, recent_to_json
+    stream = RoomStream(ROOM)
+    assert stream.recent_json() is None and recent_to_json(stream.recent()) is None
+    for i in range(100):
+        stream.accept(groupchat(f"m{i}"), now=1700000000.0 + i * 0.37)
+        assert stream.recent_json() == recent_to_json(stream.recent())
+    assert recent_from_json(stream.recent_json()) == stream.recent()

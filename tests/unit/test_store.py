@@ -342,3 +342,27 @@ async def test_changes_are_batched_but_urgent_ones_written_at_once(tmp_path):
     assert stored[str(recs[0].jid)] is State.GAVE_UP
     await writer.close()
     await store.close()
+
+
+async def test_a_thousand_rooms_and_positions_in_one_write(tmp_path):
+    """A restart's or a busy second's worth of rows, in one transaction each."""
+    from muc_guard.continuity import Position
+
+    store = await Store.open(tmp_path / "bot.db")
+    recs = [tracked(jid=aioxmpp.JID.fromstr(f"r{i}@c.localhost"), password=f"pw{i}",
+                    drops=i) for i in range(1000)]
+    await store.write("bot@localhost", recs, [])
+    for i, rec in enumerate(recs):
+        rec.position = Position(f"id-{i}", 1700000000.0 + i, ((f"{i:016x}", 1.5),))
+    other = tracked(jid=aioxmpp.JID.fromstr("never-written@c.localhost"),
+                    position=Position("x", 5.0))
+    await store.write("bot@localhost", [], [], recs + [other])
+    loaded = {str(r.jid): r for r in await store.load_rooms("bot@localhost")}
+    assert len(loaded) == 1001
+    for i in (0, 61, 62, 199, 200, 999):
+        r = loaded[f"r{i}@c.localhost"]
+        assert (r.password, r.drops) == (f"pw{i}", i)
+        assert r.position == Position(f"id-{i}", 1700000000.0 + i, ((f"{i:016x}", 1.5),))
+    assert loaded["never-written@c.localhost"].position.last_id == "x"
+    assert store.transactions == 2
+    await store.close()
