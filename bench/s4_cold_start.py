@@ -148,6 +148,10 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
                           [r["server"] for r in plain])
     res.figure(f"Prosody CPU per run, guard c={GUARD_DEFAULT}", "s",
                [r["server"] for r in guard], baseline=srv_base)
+    res.figure(f"Prosody CPU per run, guard c={GUARD_TIGHT}", "s",
+               [r["server"] for r in guard_tight], baseline=srv_base)
+    res.figure(f"guard c={GUARD_TIGHT}: client CPU per run", "s",
+               [r["cpu"] for r in guard_tight], baseline=pc)
     sweep_base = res.figure(f"(sweep) plain loop, {best} joins in flight", "s",
                             [r["wall"] for r in sweep[best]])
     for c in sz.s4_concurrency:
