@@ -437,7 +437,7 @@ class GuardEngine:
             raise
         rec.requested_nick = nick
         rec.preferred_nick = None
-        self._mark(rec)
+        await self._persist_now(rec)   # an explicit call: stored when it returns
 
     async def leave(self, room_jid: aioxmpp.JID | str) -> None:
         jid = room_jid_from(room_jid)

@@ -230,6 +230,34 @@ async def test_assigned_nick_210_is_kept_across_a_rejoin(prosody, bot, room_jid)
     assert bot.info(room_jid).nick == "bot-assigned"
 
 
+async def test_set_nick_is_stored_when_it_returns_and_kept_across_a_rejoin(
+        prosody, make_client, account, tmp_path, room_jid):
+    db = tmp_path / "bot.db"
+    jid, pw = account("bot")
+    bot = Bot(make_client, jid, pw)
+    await bot.guard.open_store(db)
+    await bot.start()
+    try:
+        await bot.guard.join(room_jid, "bot")
+        await bot.guard.set_nick(room_jid, "renamed")
+        store = await muc_guard.store.Store.open(db)   # a second reader, as after a crash
+        try:
+            (stored,) = await store.load_rooms(str(jid.bare()))
+        finally:
+            await store.close()
+        assert stored.requested_nick == "renamed"
+        async def followed() -> bool:
+            return bot.info(room_jid).nick == "renamed"
+
+        assert await eventually(followed)
+        assert await occupant_nicks_of(prosody, room_jid, jid) == ["renamed"]
+        await prosody.kick_with_codes(room_jid, "renamed", [333])
+        await bot.wait_event("rejoined", room_jid)
+        assert await occupant_nicks_of(prosody, room_jid, jid) == ["renamed"]
+    finally:
+        await bot.stop()
+
+
 # --- join() contract ------------------------------------------------------------------
 
 
