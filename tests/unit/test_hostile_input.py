@@ -355,7 +355,11 @@ def _check(loop: asyncio.AbstractEventLoop, errors: ErrorLog, stanzas: list[str]
     Inputs that must change nothing share one client across examples (that
     state carried from one example into the next stays unchanged is part of
     the property); it is replaced after any failure, so that Hypothesis
-    replays a failing example on a fresh one."""
+    replays a failing example on a fresh one. Each stanza is noted, so a
+    failure report shows the input."""
+    for xml in stanzas:
+        note(xml[:2000])
+
     async def run() -> Guarded:
         g = _reused.pop() if unchanged and _reused else await Guarded().start()
         errors.records.clear()
@@ -386,8 +390,6 @@ def _check(loop: asyncio.AbstractEventLoop, errors: ErrorLog, stanzas: list[str]
 @examples(7000)
 @given(stanzas=stanza_lists(harmless, 3))
 def test_foreign_and_malformed_stanzas_change_nothing(loop, errors, stanzas):
-    for xml in stanzas:
-        note(xml[:2000])
     _check(loop, errors, stanzas)
 
 
@@ -401,7 +403,6 @@ def test_unavailable_self_presence_follows_the_policy(loop, errors, stanzas):
     """Any codes, items and reasons: a drop exactly as the table says, or a
     nick change (303 naming the new nick), never an exception."""
     [stanza] = stanzas
-    note(stanza[:2000])
     g = _check(loop, errors, [stanza], unchanged=False)
     try:
         muc_user = parse(stanza).xep0045_muc_user
@@ -438,6 +439,4 @@ def _junk(c: Choices) -> str:
 @given(burst=stanza_lists(_junk, 20))
 def test_a_long_burst_of_junk_changes_nothing(loop, errors, burst):
     """Longer sequences, so that state left behind by one stanza meets the next."""
-    for xml in burst:
-        note(xml[:2000])
     _check(loop, errors, burst)
