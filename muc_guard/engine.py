@@ -1068,7 +1068,6 @@ class GuardEngine:
                     if expiry.fired:
                         raise _JoinTimeout() from None
                     raise _ExitedDuringJoin() from None   # aioxmpp dropped the join
-
                 finally:
                     timer.cancel()
                 if not room.muc_joined:

@@ -101,8 +101,9 @@ class JoinWaves:
     out at once. The bound holds, and sends and answers batch almost as in
     an unbounded burst (5 % more CPU at 256 in flight).
 
-    Use as ``async with waves: ...``; `limit` may change at any time (it
-    applies from the next admission).
+    Use as ``async with waves: ...``; `limit` (a positive int, checked where
+    users set it: ``max_concurrent_joins``) may change at any time and
+    applies from the next admission.
     """
 
     __slots__ = ("limit", "in_flight", "_waiting", "_open")
@@ -118,7 +119,7 @@ class JoinWaves:
         return sum(1 for fut in self._waiting if not fut.done())
 
     async def __aenter__(self) -> None:
-        if self._open and not self._waiting and self.in_flight < self._bound():
+        if self._open and not self._waiting and self.in_flight < self.limit:
             self._admit()
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -135,19 +136,15 @@ class JoinWaves:
 
     def release(self) -> None:
         self.in_flight -= 1
-        bound = self._bound()
-        if not self._open and self.in_flight <= bound // 2:
+        if not self._open and self.in_flight <= self.limit // 2:
             self._open = True
-        while self._open and self._waiting and self.in_flight < bound:
+        while self._open and self._waiting and self.in_flight < self.limit:
             fut = self._waiting.popleft()
             if not fut.done():    # else cancelled while waiting
                 self._admit()
                 fut.set_result(None)
 
-    def _bound(self) -> int:
-        return max(1, int(self.limit))
-
     def _admit(self) -> None:
         self.in_flight += 1
-        if self.in_flight >= self._bound():
+        if self.in_flight >= self.limit:
             self._open = False

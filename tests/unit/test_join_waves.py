@@ -125,3 +125,16 @@ async def test_random_finishing_order_never_exceeds_the_limit(limit):
     assert joins.peak == limit
     assert all(t.done() for t in joins.tasks.values())
     assert joins.waves.in_flight == 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "8", True, None])
+async def test_max_concurrent_joins_takes_only_a_positive_int(bad):
+    from harness import Harness
+
+    h = Harness()
+    try:
+        with pytest.raises(ValueError, match="max_concurrent_joins"):
+            h.guard.max_concurrent_joins = bad
+        assert h.guard.max_concurrent_joins == 1024
+    finally:
+        await h.guard.shutdown()
