@@ -25,6 +25,10 @@ setup(
         "aioxmpp>=0.13,<0.14",
         "aiosqlite>=0.20",
         "pytz",            # imported by aioxmpp, not declared by it
+        # muc_guard.tls: the certificate name check aioxmpp 0.13 can no longer do
+        "service-identity>=24.1",
+        "cryptography>=42",
+        "pyOpenSSL>=23.2",
     ],
     entry_points={"console_scripts": ["muc-guard = muc_guard.cli:main"]},
     extras_require={
@@ -32,6 +36,7 @@ setup(
             "pytest>=8",
             "pytest-asyncio>=1.0",
             "hypothesis>=6",
+            "trustme>=1.1",    # muc_guard.testing.certs: the tests' private CA
         ],
     },
     classifiers=[

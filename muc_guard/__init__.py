@@ -9,12 +9,18 @@ silent and found by XEP-0410 self-ping), rejoins with backoff unless the room
 removed us on purpose, and remembers it all in SQLite across restarts.
 """
 
+from . import tls
 from .engine import GaveUpError, GuardError, RoomLeftError
 from .mixin import GuardMixin
 from .policy import Cause, Decision
 from .rooms import RoomInfo, State
 from .service import MUCGuard
 from .store import StoreError
+from .tls import CertificateVerificationError
+
+# aioxmpp 0.13's certificate check cannot work on current Python and pyOpenSSL;
+# importing muc_guard repairs it (see muc_guard.tls for exactly what changes).
+tls.install()
 
 __version__ = "0.1.0"
 
@@ -29,5 +35,6 @@ __all__ = [
     "GaveUpError",
     "RoomLeftError",
     "StoreError",
+    "CertificateVerificationError",
     "__version__",
 ]
