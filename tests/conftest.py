@@ -2,7 +2,10 @@
 
 - ``prosody``: one server for the whole session (sync, session-scoped).
   Tests share it, so they use unique rooms (``room_jid``) and accounts
-  (``account``).
+  (``account``). Plain TCP by default; a test marked ``@guardkit.over_verified_tls``
+  (or ``over_both``) gets a shared server that requires TLS,
+  whose certificate the clients verify against ``test_ca``, as in production.
+- ``test_ca``: a throw-away CA for the session (muc_guard.testing.certs).
 - ``private_prosody`` / ``prosody_factory``: servers of the test's own, for
   tests that kill, restart or reconfigure the server.
 - ``make_client``: aioxmpp ``PresenceManagedClient`` factory pinned to a test
@@ -32,6 +35,7 @@ import aioxmpp
 import aioxmpp.node
 import pytest
 
+from muc_guard.testing.certs import TestCA
 from prosody import ProsodyServer, make_client as _make_client, stop_client
 
 log = logging.getLogger(__name__)
@@ -69,10 +73,27 @@ def _remember(request: pytest.FixtureRequest, server: ProsodyServer) -> None:
         servers.append(server)
 
 
+#: The shared server's transports: ``prosody`` takes one as an indirect
+#: parameter (guardkit.over_verified_tls / over_both).
+PLAIN, VERIFIED_TLS = "plain", "verified-tls"
+
+
 @pytest.fixture(scope="session")
-def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]:
-    """The shared server: started once, stopped at session end."""
-    server = ProsodyServer(tmp_path_factory.mktemp("prosody-shared"))
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A private CA for the session; its ca.pem is what TLS test clients trust."""
+    return TestCA(tmp_path_factory.mktemp("test-ca"))
+
+
+@pytest.fixture(scope="session")
+def prosody(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]:
+    """The shared server: started once, stopped at session end (one per
+    transport: ``over_verified_tls`` selects the TLS one)."""
+    transport = getattr(request, "param", PLAIN)
+    tls = None
+    if transport == VERIFIED_TLS:
+        tls = request.getfixturevalue("test_ca").issue(ProsodyServer.domain)
+    server = ProsodyServer(tmp_path_factory.mktemp(f"prosody-shared-{transport}"), tls=tls)
     server.start()
     try:
         yield server

@@ -39,6 +39,8 @@ from xml.sax.saxutils import escape as xml_escape
 
 import aioxmpp
 
+from .certs import ServerCertificate
+
 __all__ = [
     "AdminReply",
     "ProsodyAdminError",
@@ -252,7 +254,10 @@ class ProsodyServer:
 
     Options: ``nagle`` (default off: ``network_settings = { nagle = false }``),
     ``smacks`` (mod_smacks, XEP-0198; ``smacks_hibernation_time`` seconds a
-    cut session lingers as a ghost, Prosody's default 600), ``mam``
+    cut session lingers as a ghost, Prosody's default 600), ``tls`` (a
+    :class:`~muc_guard.testing.certs.ServerCertificate`: STARTTLS with that
+    certificate, required for every client; :func:`make_client` then verifies
+    it against the issuing CA, as production does), ``mam``
     (mod_muc_mam on the MUC component), ``tombstones`` (Prosody default on:
     a destroyed persistent room answers <gone/> for 31 days; off: it simply
     no longer exists), ``extra_config`` / ``extra_muc_config`` (raw Lua
@@ -272,6 +277,7 @@ class ProsodyServer:
         mam: bool = False,
         tombstones: bool = True,
         smacks_hibernation_time: float | None = None,
+        tls: ServerCertificate | None = None,
         log_level: str = "debug",
         extra_config: str = "",
         extra_muc_config: str = "",
@@ -289,6 +295,7 @@ class ProsodyServer:
         self.mam = mam
         self.tombstones = tombstones
         self.smacks_hibernation_time = smacks_hibernation_time
+        self.tls = tls
         self.log_level = log_level
         self.extra_config = extra_config
         self.extra_muc_config = extra_muc_config
@@ -303,7 +310,8 @@ class ProsodyServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
-        return f"<ProsodyServer {self.host}:{self.port} pid={self.pid} root={self.root}>"
+        tls = " tls" if self.tls else ""
+        return f"<ProsodyServer {self.host}:{self.port}{tls} pid={self.pid} root={self.root}>"
 
     # --- configuration -------------------------------------------------
 
@@ -351,16 +359,19 @@ class ProsodyServer:
             "modules_enabled": [
                 "roster", "saslauth", "disco", "ping", "admin_shell",
                 *(["smacks"] if self.smacks else []),
+                *(["tls"] if self.tls else []),
             ],
             # s2s is autoloaded: switch it off (no federation, no DNS).
             "modules_disabled": ["s2s", "s2s_auth_certs", "s2s_bidi", "dialback", "offline"],
             "authentication": "internal_hashed",
             "storage": "internal",
-            "c2s_require_encryption": False,
+            "c2s_require_encryption": self.tls is not None,
             "s2s_require_encryption": False,
             "allow_registration": False,
             "certificates": str(self.root / "certs"),
         }
+        if self.tls is not None:
+            g["ssl"] = {"certificate": str(self.tls.cert_file), "key": str(self.tls.key_file)}
         if not self.nagle:
             g["network_settings"] = {"nagle": False}
         if self.smacks_hibernation_time is not None:
@@ -818,9 +829,20 @@ class ProsodyServer:
 # --- aioxmpp clients pinned to a test server ----------------------------------
 
 
-def security_layer(password: str) -> aioxmpp.SecurityLayer:
-    """Password SASL (SCRAM works without TLS) and TLS not required: the test
-    server offers no STARTTLS, so the stream stays plain TCP on loopback."""
+def security_layer(password: str, server: ProsodyServer | None = None, *,
+                   ca_file: str | os.PathLike[str] | None = None) -> aioxmpp.SecurityLayer:
+    """How a test client secures its stream to `server`.
+
+    A server with ``tls`` gets what production gets: TLS required and the
+    certificate verified, trusting `ca_file` (default: the CA that issued the
+    server's certificate). Otherwise password SASL over plain TCP on loopback
+    (SCRAM works without TLS; the server offers no STARTTLS)."""
+    if server is not None and server.tls is not None:
+        import muc_guard.tls
+
+        trusted = ca_file if ca_file is not None else server.tls.ca_file
+        return aioxmpp.make_security_layer(
+            password, ssl_context_factory=muc_guard.tls.context_factory(trusted))
     return aioxmpp.make_security_layer(password, no_verify=True)._replace(tls_required=False)
 
 
@@ -830,9 +852,11 @@ def make_client(
     password: str,
     *,
     negotiation_timeout: float = 10.0,
+    ca_file: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> aioxmpp.PresenceManagedClient:
-    """A PresenceManagedClient that connects only to ``server.host:port``.
+    """A PresenceManagedClient that connects only to ``server.host:port``
+    (over verified TLS when the server has ``tls``; see :func:`security_layer`).
 
     Must be called inside a running event loop.  aioxmpp still falls back to
     DNS discovery when this peer fails; the test conftest replaces
@@ -845,7 +869,7 @@ def make_client(
     jid = jid if isinstance(jid, aioxmpp.JID) else aioxmpp.JID.fromstr(jid)
     return aioxmpp.PresenceManagedClient(
         jid,
-        security_layer(password),
+        security_layer(password, server, ca_file=ca_file),
         override_peer=[(server.host, server.port, aioxmpp.connector.STARTTLSConnector())],
         negotiation_timeout=timedelta(seconds=negotiation_timeout),
         **kwargs,
@@ -875,7 +899,14 @@ async def connected(client: aioxmpp.Client, timeout: float = 10.0) -> aioxmpp.Cl
 
 
 async def stop_client(client: aioxmpp.Client, timeout: float = 5.0) -> None:
-    """Stop a client and wait (bounded) until its main task has ended."""
+    """Stop a client and wait (bounded) until its main task has ended.
+
+    A PresenceManagedClient is made unavailable first: while its presence is
+    available it starts itself again whenever that presence is re-applied,
+    e.g. right after its stream failed (seen after a server crash under TLS,
+    where the failure arrives a moment later than over plain TCP)."""
+    if isinstance(client, aioxmpp.PresenceManagedClient) and client.presence.available:
+        client.presence = aioxmpp.PresenceState(False)    # stops it if running
     if not client.running:
         return
     loop = asyncio.get_running_loop()

@@ -7,9 +7,17 @@ import time
 from typing import Any
 
 import aioxmpp
+import pytest
 
 import muc_guard
 from prosody import ProsodyServer, connected, stop_client
+
+#: Run a test against the shared server with TLS required and the certificate
+#: verified against the session's test CA, as a bot in production connects
+#: (see the ``prosody`` fixture in tests/conftest.py).
+over_verified_tls = pytest.mark.parametrize("prosody", ["verified-tls"], indirect=True)
+#: Run a test twice: over plain TCP and over verified TLS.
+over_both = pytest.mark.parametrize("prosody", ["plain", "verified-tls"], indirect=True)
 
 
 class Bot:

@@ -2,7 +2,9 @@
 
 Each scenario injects the fault through Prosody itself (muc_guard/testing/prosody.py) and
 checks the outcome twice: in the guard's signals and state, and in the
-server's own occupant list.
+server's own occupant list. The scenarios marked ``over_both`` (a signalled
+drop, a silent drop, a restart from the store) also run over TLS with the
+server's certificate verified, as a bot in production connects.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 import muc_guard
 import muc_guard.store
 from muc_guard import Cause, State
-from guardkit import Bot, eventually, occupant_nicks_of
+from guardkit import Bot, eventually, occupant_nicks_of, over_both
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +45,7 @@ async def _has(server, room, jid, nick):
 # --- server-signalled technical removals: rejoin at once ------------------------------
 
 
+@over_both
 @pytest.mark.parametrize("codes, cause", [
     ([333], Cause.SERVER_ERROR),
     ([307, 333], Cause.SERVER_ERROR),
@@ -79,6 +82,7 @@ async def test_rejoins_after_332_with_a_jittered_pause(prosody, bot, room_jid):
     assert await in_room(prosody, room_jid, bot.jid, "bot")
 
 
+@over_both
 async def test_silent_drop_is_found_by_self_ping(prosody, bot, room_jid, figure):
     bot.guard.ping_idle = 1.0
     bot.guard.ping_timeout = 5.0
@@ -361,6 +365,7 @@ async def _all_states(bot, rooms, state):
     return all(bot.info(room).state is state for room in rooms)
 
 
+@over_both
 async def test_bot_restart_rejoins_from_the_store_without_join(prosody, make_client, account,
                                                                tmp_path, room_jid):
     db = tmp_path / "bot.db"

@@ -160,7 +160,7 @@ async def test_clients_stay_on_loopback(make_client, account, prosody) -> None:
     """A client whose pinned peer is down fails instead of trying DNS/SRV."""
     assert aioxmpp.node.discover_connectors.__name__ == "_no_discovery"
     jid, password = account("nowhere")
-    dead = types.SimpleNamespace(host="127.0.0.1", port=free_port())  # only .host/.port are used
+    dead = types.SimpleNamespace(host="127.0.0.1", port=free_port(), tls=None)  # all make_client reads
     client = make_client(jid, password, server=dead, max_initial_attempts=1)
     with pytest.raises(aioxmpp.errors.MultiOSError) as err:
         await connected(client, timeout=5)
