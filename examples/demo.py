@@ -7,7 +7,9 @@ What it shows
 
 A logger bot (``examples/bots/logger_bot.py``, a real separate process) sits
 in three rooms of a Prosody server that this script starts on 127.0.0.1 for
-itself. A second account, the talker, speaks in those rooms. Then the demo
+itself. It connects as a bot in production does: TLS required, the server's
+certificate (issued by a throw-away CA the demo creates) verified, the CA
+given with ``--ca-file``. A second account, the talker, speaks in those rooms. Then the demo
 breaks things, one at a time, and watches from the server's side (who is an
 occupant of which room) and from the bot's own log how the bot gets back:
 
@@ -59,6 +61,7 @@ import aioxmpp.node
 
 from muc_guard.continuity import digest
 from muc_guard.store import Store
+from muc_guard.testing.certs import TestCA
 from muc_guard.testing.prosody import (
     ProsodyServer,
     ProsodyStartError,
@@ -425,7 +428,11 @@ class Demo:
         self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="muc-guard-demo-"))
         self.db = self.workdir / "bot.db"
         self.log_dir = self.workdir / "logs"
-        self.server = ProsodyServer(self.workdir / "prosody", log_level="info")
+        # A CA of the demo's own issues the server's certificate; the bot and
+        # the talker verify it against that CA.
+        self.ca = TestCA(self.workdir / "ca")
+        self.server = ProsodyServer(self.workdir / "prosody", log_level="info",
+                                    tls=self.ca.issue(ProsodyServer.domain))
         self.rooms = [aioxmpp.JID(name, self.server.muc_domain, None) for name in ROOM_NAMES]
         self.bot: BotProcess | None = None
         self.talker: Talker | None = None
@@ -513,7 +520,8 @@ class Demo:
         aioxmpp.node.discover_connectors = _no_discovery
         await self.server.astart()
         say.ok(f"Prosody started on {self.server.host}:{self.server.port} "
-               f"(pid {self.server.pid}, in {self.server.last_start_seconds:.2f}s)")
+               f"(pid {self.server.pid}, in {self.server.last_start_seconds:.2f}s), "
+               f"TLS required, certificate from the demo's own CA")
         bot_jid = await self.server.aregister(BOT_USER, BOT_PASSWORD)
         talker_jid = await self.server.aregister(TALKER_USER, TALKER_PASSWORD)
         for room in self.rooms:
@@ -524,7 +532,8 @@ class Demo:
         env.pop("MUC_GUARD_JID", None)
         self.bot_argv = [
             sys.executable, str(LOGGER_BOT), "--jid", str(bot_jid),
-            "--server", f"{self.server.host}:{self.server.port}", "--insecure-plaintext",
+            "--server", f"{self.server.host}:{self.server.port}",
+            "--ca-file", str(self.ca.ca_file),
             "--ping-idle", f"{PING_IDLE:g}", "--db", str(self.db),
             "--log-dir", str(self.log_dir),
         ]

@@ -72,6 +72,10 @@ The account's password is read from the environment variable {PASSWORD_ENV},
 never from the command line (where every user of the machine can see it).
 The JID may come from {JID_ENV} instead of --jid.
 
+The server's certificate is always verified: against the system's CAs, or a
+private CA given with --ca-file (or SSL_CERT_FILE). --insecure-plaintext is
+for a local test server without TLS only.
+
 Rooms given with --room are the rooms the bot is in: rooms stored in --db
 but not given are left. A room the bot was kicked or banned from stays given
 up until you run 'muc-guard forget ROOM --db FILE'. Without --room, the bot
@@ -89,6 +93,7 @@ class Settings:
     db: str
     server: tuple[str, int] | None
     insecure_plaintext: bool
+    ca_file: str | None
     log_level: str
     args: argparse.Namespace   #: everything, the bot's own flags included
 
@@ -118,6 +123,10 @@ def make_parser(prog: str, description: str, examples: str) -> argparse.Argument
     parser.add_argument("--server", metavar="HOST[:PORT]",
                         help="connect to exactly this address (port 5222 by default) "
                              "instead of looking the domain up in DNS")
+    parser.add_argument("--ca-file", metavar="PEM",
+                        help="also trust the CA certificates in this PEM file, for a "
+                             "server whose certificate a private CA issued (the "
+                             "system's CAs stay trusted)")
     parser.add_argument("--insecure-plaintext", action="store_true",
                         help="with --server: allow a connection without TLS, for a "
                              "local test server that offers none. The password then "
@@ -201,6 +210,8 @@ def parse_settings(parser: argparse.ArgumentParser,
     if args.insecure_plaintext and server is None:
         parser.error("--insecure-plaintext needs --server: it is meant for a local "
                      "test server only")
+    if args.ca_file is not None and not os.path.isfile(args.ca_file):
+        parser.error(f"--ca-file: no such file: {args.ca_file!r}")
     password = os.environ.get(PASSWORD_ENV)
     if not password:
         parser.error(f"no password: set the environment variable {PASSWORD_ENV} "
@@ -212,6 +223,7 @@ def parse_settings(parser: argparse.ArgumentParser,
         db=args.db or f"{jid.localpart}.db",
         server=server,
         insecure_plaintext=args.insecure_plaintext,
+        ca_file=args.ca_file,
         log_level=args.log_level,
         args=args,
     )
@@ -255,8 +267,12 @@ async def _no_discovery(domain: str, loop: Any = None, logger: Any = None) -> li
 
 
 def make_client(settings: Settings) -> aioxmpp.PresenceManagedClient:
-    """The client; must be called inside the running event loop."""
-    security = aioxmpp.make_security_layer(settings.password)
+    """The client; must be called inside the running event loop.
+
+    Certificates are verified as aioxmpp does by default (muc_guard makes
+    that work on current Python and pyOpenSSL); --ca-file adds a private CA."""
+    security = aioxmpp.make_security_layer(
+        settings.password, ssl_context_factory=muc_guard.tls.context_factory(settings.ca_file))
     override_peer = []
     if settings.server is not None:
         host, port = settings.server
@@ -407,14 +423,17 @@ async def run(settings: Settings, setup: SetupFn) -> int:
 class _LibraryNoise(logging.Filter):
     """Below DEBUG, keep the dependencies' failures to one line each.
 
-    When the client fails (wrong password, server unreachable) aioxmpp logs
-    the whole traceback, and :func:`run` then says the same in one line. And
+    When the client fails (wrong password, server unreachable, a refused
+    certificate) aioxmpp logs "main failed" with the whole traceback, and
+    :func:`run` then says the same in one line: only that line is kept. And
     aioxmpp 0.13 leaves one failed, never-awaited future per failed
     connection attempt, which asyncio reports at exit.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("aioxmpp"):
+            if record.getMessage() == "main failed":
+                return False    # run() says why, in one line of its own
             record.exc_info = None
             record.exc_text = None
         elif (record.name == "asyncio" and record.exc_info

@@ -17,6 +17,8 @@ Answers in its rooms when addressed by its nick: "bot: hello" -> "hello"."""
 EXAMPLES = """\
   MUC_GUARD_PASSWORD=secret python examples/bots/echo_bot.py \\
       --jid echo@example.org --room lounge@conference.example.org
+  MUC_GUARD_PASSWORD=secret python examples/bots/echo_bot.py --jid echo@corp.example \\
+      --room ops@muc.corp.example --ca-file /etc/corp/ca.pem
   MUC_GUARD_PASSWORD=secret python examples/bots/echo_bot.py --jid echo@localhost \\
       --room test@conference.localhost/echo --server 127.0.0.1:5222 --insecure-plaintext
 """

@@ -69,6 +69,12 @@ def test_demo_tells_the_whole_story_and_cleans_up(tmp_path, args):
     for text in STEP_LINES:
         assert text in out, f"missing {text!r}\n{report}"
     assert re.search(r"messages: sent (\d+), logged \1, lost 0, duplicated 0", out), report
+    # The production path: TLS required by the server, the certificate verified
+    # by the bot against the demo's own CA (never switched off).
+    assert "TLS required, certificate from the demo's own CA" in out, report
+    if "--keep" in args:
+        config = (next(tmp_path.glob("muc-guard-demo-*")) / "prosody" / "prosody.cfg.lua")
+        assert "c2s_require_encryption = true" in config.read_text(), report
     assert "\033[" not in out, "no colours when stdout is not a terminal"
     assert re.search(r"^\[\s*\d+\.\d{3}s\] ", out, re.MULTILINE), "timestamped lines"
     # the inspector's table

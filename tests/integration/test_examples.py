@@ -1,8 +1,10 @@
 """The example bots in examples/bots/, run as real processes against Prosody.
 
 Each bot runs as a subprocess of this test (``sys.executable``), pinned to
-the test server with ``--server 127.0.0.1:PORT --insecure-plaintext`` and
-given its password through ``MUC_GUARD_PASSWORD``. A second account, the
+the test server with ``--server 127.0.0.1:PORT`` and given its password
+through ``MUC_GUARD_PASSWORD``. Against the TLS server (``over_both``) it
+verifies the server's certificate as in production, trusting the test CA
+with ``--ca-file``; against the plain one it runs with ``--insecure-plaintext``. A second account, the
 talker, speaks in the room through a plain aioxmpp MUCClient. Faults come
 from the server side (a 333 kick) or from killing the bot with SIGKILL.
 Every process started here is killed by PID at teardown.
@@ -24,6 +26,8 @@ from typing import Any
 import aioxmpp
 import pytest
 
+from guardkit import over_both, over_verified_tls
+from muc_guard.testing.certs import TestCA
 from prosody import ProsodyServer, connected
 
 pytestmark = pytest.mark.integration
@@ -87,10 +91,12 @@ async def bots(prosody: ProsodyServer, tmp_path: pathlib.Path):
     async def start(script: str, jid: aioxmpp.JID, password: str, *args: str) -> BotProcess:
         env = {**os.environ, "MUC_GUARD_PASSWORD": password}
         env.pop("MUC_GUARD_JID", None)
+        transport = (["--ca-file", str(prosody.tls.ca_file)] if prosody.tls
+                     else ["--insecure-plaintext"])
         bot = BotProcess(
             script,
             ["--jid", str(jid), "--server", f"{prosody.host}:{prosody.port}",
-             "--insecure-plaintext", *args],
+             *transport, *args],
             env, tmp_path / f"{script}.log", tmp_path)
         started.append(bot)
         return await bot.start()
@@ -201,6 +207,7 @@ def test_bad_flags_are_clear_errors(tmp_path):
 # --- the echo bot -------------------------------------------------------------------
 
 
+@over_both
 async def test_echo_bot_answers_and_survives_a_333_kick(prosody, bots, account, room_jid,
                                                          talker, tmp_path):
     jid, password = account("echo")
@@ -270,6 +277,29 @@ async def test_kicked_bot_stays_out_until_forgotten(prosody, bots, account, room
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "muc_guard", *args], capture_output=True,
                           text=True, timeout=30)
+
+
+@over_verified_tls
+@pytest.mark.parametrize("ca_flag", [False, True], ids=["system-cas", "other-ca-file"])
+def test_untrusted_certificate_exits_1_with_one_clear_line(prosody, account, tmp_path,
+                                                            ca_flag):
+    """Verification is on by default: a certificate from a CA the bot does
+    not trust ends the bot at once (no retries), with one line saying why."""
+    jid, password = account("untrusting")
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(TestCA(tmp_path / "other").ca_file.read_bytes())
+    started = time.monotonic()
+    done = run_script("echo_bot.py", "--jid", str(jid), "--room", "r@conference.localhost",
+                      "--db", str(tmp_path / "bot.db"),
+                      "--server", f"{prosody.host}:{prosody.port}",
+                      *(["--ca-file", str(other)] if ca_flag else []),
+                      env={"MUC_GUARD_PASSWORD": password})
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 10
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert "cannot connect as" in errors[0] and "not signed by a CA this client trusts" in errors[0]
+    assert "Traceback" not in done.stderr and "InvalidStateError" not in done.stderr
 
 
 def test_wrong_password_exits_1(prosody, account, tmp_path):
