@@ -136,7 +136,8 @@ def check_x509_hostname(x509: Any, hostname: str) -> bool:
 
 
 def _describe(x509: Any, depth: int) -> str:
-    """'the certificate for localhost (issued by ..., valid until ...)'."""
+    """"the server's certificate (CN=...; issued by ...; valid until ...)": what
+    an operator needs to find the certificate that was refused."""
     try:
         cert = x509.to_cryptography()
         subject = cert.subject.rfc4514_string() or "(no subject)"
