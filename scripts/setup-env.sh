@@ -1,7 +1,7 @@
 # Sourced by scripts/run-tests and .ci/run: installs what muc_guard's tests need.
 #
-#   ensure_system_packages   Prosody + prosody-modules (and python3-venv), without
-#                            letting the packages start a system Prosody
+#   ensure_system_packages   Prosody + prosody-modules, ejabberd (and python3-venv),
+#                            without letting the packages start a system server
 #   find_pythons             the python3.11/3.12/3.13 interpreters on this machine
 #   make_venv PY DIR         a venv with muc_guard installed editable with [test]
 #
@@ -17,7 +17,9 @@ ensure_system_packages() {
     command -v prosody >/dev/null 2>&1 || missing+=(prosody)
     [ -d /usr/lib/prosody/modules/mod_ping_muc ] || missing+=(prosody-modules)
     python3 -c "import ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
+    missing+=($(ejabberd_missing))
     if [ ${#missing[@]} -eq 0 ]; then
+        stop_system_ejabberd
         return 0
     fi
     log "installing Debian packages: ${missing[*]}"
@@ -39,6 +41,27 @@ ensure_system_packages() {
         log "stopping a system Prosody started by the package"
         $SUDO service prosody stop >/dev/null 2>&1 || true
     fi
+    stop_system_ejabberd
+}
+
+# ejabberd (Debian 12: 23.01, Debian 13: 24.12) is the tests' second server;
+# they run it privately (muc_guard/testing/ejabberd.py), never as a service.
+ejabberd_missing() {
+    dpkg-query -W -f='${Status}' ejabberd 2>/dev/null | grep -q 'ok installed' || echo ejabberd
+}
+
+# Stop and disable a system ejabberd the package started or would start at
+# boot: its beam.smp and epmd run as the ejabberd user.
+stop_system_ejabberd() {
+    dpkg-query -W -f='${Status}' ejabberd 2>/dev/null | grep -q 'ok installed' || return 0
+    $SUDO deb-systemd-helper disable ejabberd.service >/dev/null 2>&1 || true
+    $SUDO update-rc.d ejabberd disable >/dev/null 2>&1 || true
+    pgrep -u ejabberd >/dev/null 2>&1 || return 0
+    log "stopping a system ejabberd started by the package"
+    $SUDO service ejabberd stop >/dev/null 2>&1 || true
+    local pids
+    pids=$(pgrep -u ejabberd 2>/dev/null | tr '\n' ' ')
+    if [ -n "$pids" ]; then $SUDO kill $pids 2>/dev/null || true; fi
 }
 
 # Print the interpreters found, one per line, 3.11 first.

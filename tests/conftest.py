@@ -14,7 +14,9 @@
 - A per-test timeout (``@pytest.mark.timeout(seconds)``; default from the
   ``MUC_GUARD_TEST_TIMEOUT`` env var, else 60 s; 0 disables).  Async tests are
   cancelled at the await they are stuck in; sync tests get SIGALRM.
-- A failing test's report gets the log tail of every Prosody it used.
+- ``ejabberd``: a private ejabberd for the session (muc_guard.testing.ejabberd),
+  the second server; ``ejabberd_account`` registers accounts on it.
+- A failing test's report gets the log tail of every server it used.
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ import aioxmpp.node
 import pytest
 
 from muc_guard.testing.certs import TestCA
+from muc_guard.testing.ejabberd import EjabberdServer
 from prosody import ProsodyServer, make_client as _make_client, stop_client
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 60.0
+#: Servers whose log tail a failing test's report gets.
+_SERVER_TYPES = (ProsodyServer, EjabberdServer)
 _servers_key = pytest.StashKey[list]()
 
 
@@ -64,9 +69,9 @@ def _pin_aioxmpp_to_loopback() -> Iterator[None]:
 # --- servers ------------------------------------------------------------------
 
 
-def _remember(request: pytest.FixtureRequest, server: ProsodyServer) -> None:
+def _remember(request: pytest.FixtureRequest, server: Any) -> None:
     """Note that the running test uses `server` (for the failure report)."""
-    if not isinstance(server, ProsodyServer):
+    if not isinstance(server, _SERVER_TYPES):
         return
     servers = request.node.stash.setdefault(_servers_key, [])
     if server not in servers:
@@ -135,6 +140,18 @@ def private_prosody(prosody_factory: Callable[..., ProsodyServer]) -> ProsodySer
     return prosody_factory()
 
 
+@pytest.fixture(scope="session")
+def ejabberd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EjabberdServer]:
+    """The shared ejabberd (Debian's package, run privately on 127.0.0.1 with
+    mod_mam loaded): started once, stopped by PID at session end."""
+    server = EjabberdServer(tmp_path_factory.mktemp("ejabberd-shared"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def _default_server(request: pytest.FixtureRequest) -> ProsodyServer:
     # Looked up lazily so tests that only use private servers never start the
     # shared one.
@@ -158,18 +175,31 @@ def room_jid(request: pytest.FixtureRequest) -> aioxmpp.JID:
     return aioxmpp.JID(node, ProsodyServer.muc_domain, None)
 
 
-@pytest.fixture
-def account(request: pytest.FixtureRequest) -> Callable[..., tuple[aioxmpp.JID, str]]:
-    """``account(prefix="user", server=None)`` -> (bare JID, password) of a
-    freshly registered account (on the shared server unless given)."""
-
-    def factory(prefix: str = "user", server: ProsodyServer | None = None) -> tuple[aioxmpp.JID, str]:
-        server = server or _default_server(request)
+def _account_factory(request: pytest.FixtureRequest,
+                     default: Callable[[], Any]) -> Callable[..., tuple[aioxmpp.JID, str]]:
+    def factory(prefix: str = "user", server: Any = None) -> tuple[aioxmpp.JID, str]:
+        server = server or default()
+        _remember(request, server)
         password = secrets.token_urlsafe(12)
         jid = server.register(f"{_slug(prefix, 12)}-{next(_counter)}-{secrets.token_hex(3)}", password)
         return jid, password
 
     return factory
+
+
+@pytest.fixture
+def account(request: pytest.FixtureRequest) -> Callable[..., tuple[aioxmpp.JID, str]]:
+    """``account(prefix="user", server=None)`` -> (bare JID, password) of a
+    freshly registered account (on the shared server unless given)."""
+    return _account_factory(request, lambda: _default_server(request))
+
+
+@pytest.fixture
+def ejabberd_account(request: pytest.FixtureRequest,
+                     ejabberd: EjabberdServer) -> Callable[..., tuple[aioxmpp.JID, str]]:
+    """``ejabberd_account(prefix="user")`` -> (bare JID, password) of a fresh
+    account on the shared ejabberd."""
+    return _account_factory(request, lambda: ejabberd)
 
 
 # --- clients ----------------------------------------------------------------------
@@ -270,7 +300,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.failed:
         servers = list(item.stash.get(_servers_key, []))
         funcargs = getattr(item, "funcargs", {})
-        servers += [v for v in funcargs.values() if isinstance(v, ProsodyServer) and v not in servers]
+        servers += [v for v in funcargs.values() if isinstance(v, _SERVER_TYPES) and v not in servers]
         for server in servers:
-            report.sections.append((f"prosody {server.host}:{server.port} ({server.root})", server.log_tail(40)))
+            kind = type(server).__name__.removesuffix("Server").lower()
+            report.sections.append((f"{kind} {server.host}:{server.port} ({server.root})", server.log_tail(40)))
     return report
