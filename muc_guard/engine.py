@@ -55,6 +55,7 @@ import aioxmpp.ping
 
 from . import mam, redact
 from .inbound import sanitize_message, sanitize_presence
+from .instant import CreationWatch, settle_created_room
 from .continuity import DIGEST_TOLERANCE, RoomStream, message_facts
 from .policy import (
     Cause,
@@ -1053,6 +1054,7 @@ class GuardEngine:
             room, fut = self.muc.join(rec.jid, rec.nick, password=rec.password,
                                       history=history, autorejoin=False)
             rec.room = room
+            creation = CreationWatch(room)
             # One timer per attempt rather than wait_for(shield()): two futures
             # and a callback fewer per join, a thousand times over at a restart.
             expiry = _Expiry(fut)
@@ -1070,6 +1072,9 @@ class GuardEngine:
                     raise _ExitedDuringJoin() from None   # aioxmpp dropped the join
                 finally:
                     timer.cancel()
+                if creation.created:    # 201: the room had vanished (see instant.py)
+                    await settle_created_room(self.muc, rec.jid, rejoin=rec.confirmed,
+                                              timeout=self.join_timeout)
                 if not room.muc_joined:
                     raise _ExitedDuringJoin()   # removed again before the join completed
             except BaseException:

@@ -35,6 +35,8 @@ The rules it follows:
   :attr:`Store.BUSY_TIMEOUT` fails like one on a full disk, so
   :class:`StoreWriter` keeps the change in memory and retries. A file locked
   while being opened raises :class:`StoreError` ("in use by another process").
+  Processes may open one file at the same moment, even a new or old-schema
+  one: the version is read again under the write lock before migrating.
 * A file SQLite could only open read-only stays read-only for that
   connection; after such a failed write the next write reconnects, so the
   store is written again as soon as the file is writable.
@@ -292,50 +294,89 @@ class Store:
             row = await cur.fetchone()
         return row[0] if row else None
 
-    async def _prepare(self) -> None:
+    async def _identify(self) -> int:
+        """The file's schema version, after checking it is a store of ours
+        that this version understands. Reads one snapshot: another process
+        may be creating or migrating the schema at this very moment."""
         path = self.path
+        outer = not self._conn.in_transaction
+        if outer:
+            await self._conn.execute("BEGIN")
         try:
             app_id = await self._scalar("PRAGMA application_id")
             version = await self._scalar("PRAGMA user_version")
             tables = await self._scalar("SELECT count(*) FROM sqlite_master")
-            if app_id != APPLICATION_ID and (app_id != 0 or version != 0 or tables):
-                raise StoreError(
-                    f"store {path!r} is a SQLite database of some other program "
-                    f"(application_id={app_id}, user_version={version}); refusing to touch it"
-                )
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {path!r} has schema version {version}, newer than this "
-                    f"muc_guard understands ({SCHEMA_VERSION}); upgrade muc_guard"
-                )
+        finally:
+            if outer:
+                await self._conn.execute("COMMIT")
+        if app_id != APPLICATION_ID and (app_id != 0 or version != 0 or tables):
+            raise StoreError(
+                f"store {path!r} is a SQLite database of some other program "
+                f"(application_id={app_id}, user_version={version}); refusing to touch it"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {path!r} has schema version {version}, newer than this "
+                f"muc_guard understands ({SCHEMA_VERSION}); upgrade muc_guard"
+            )
+        return version
+
+    async def _prepare(self) -> None:
+        path = self.path
+        try:
+            version = await self._identify()
             check = await self._scalar("PRAGMA quick_check")
             if check != "ok":
                 raise StoreError(f"store {path!r} is corrupt: {check}")
-            await self._conn.execute("PRAGMA journal_mode = WAL")
+            await self._enable_wal()
             await self._conn.execute("PRAGMA synchronous = FULL")
-            await self._migrate(version)
+            if version != SCHEMA_VERSION:
+                await self._migrate()
         except sqlite3.DatabaseError as exc:
             if _primary_code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED):
                 raise StoreError(f"store {path!r} is in use by another process ({exc}); "
                                  "try again when it is done") from exc
             raise StoreError(f"store {path!r} is corrupt or unreadable: {exc}") from exc
 
-    async def _migrate(self, version: int) -> None:
-        if version == SCHEMA_VERSION:
-            return
+    async def _enable_wal(self) -> None:
+        """Switch the file to WAL mode (a no-op once it is). Switching needs
+        the file to itself, and SQLite answers "locked" at once, without
+        waiting out the busy timeout, while another process merely reads it
+        (e.g. one opening the same old store at the same moment): retry
+        within the timeout."""
+        deadline = time.monotonic() + self.BUSY_TIMEOUT
+        delay = 0.005
+        while True:
+            try:
+                await self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if (_primary_code(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED)
+                        or time.monotonic() + delay > deadline):
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def _migrate(self) -> None:
+        """Bring the schema up to date in one write transaction. The version
+        is read again under the write lock: a second process opening the
+        file at the same moment waits here, then finds the work done."""
         await self._conn.execute("BEGIN IMMEDIATE")
         try:
+            version = await self._identify()
             for step in MIGRATIONS[version:]:
                 for sql in step:
                     await self._conn.execute(sql)
-            await self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            await self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version != SCHEMA_VERSION:
+                await self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                await self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             await self._conn.execute("COMMIT")
         except BaseException:
             await self._conn.execute("ROLLBACK")
             raise
-        logger.info("store %r migrated from schema %d to %d", self.path, version,
-                    SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            logger.info("store %r migrated from schema %d to %d", self.path, version,
+                        SCHEMA_VERSION)
 
     async def load_rooms(self, account: str) -> list[TrackedRoom]:
         """All rooms stored for `account`; unreadable rows are skipped, not lost."""

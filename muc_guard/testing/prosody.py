@@ -260,8 +260,10 @@ class ProsodyServer:
     it against the issuing CA, as production does), ``mam``
     (mod_muc_mam on the MUC component), ``tombstones`` (Prosody default on:
     a destroyed persistent room answers <gone/> for 31 days; off: it simply
-    no longer exists), ``extra_config`` / ``extra_muc_config`` (raw Lua
-    appended to the global / Component section).
+    no longer exists), ``room_locking`` (Prosody's default is on: a room a
+    join creates stays locked, item-not-found to everyone else, until its
+    owner configures it; off here unless asked for), ``extra_config`` /
+    ``extra_muc_config`` (raw Lua appended to the global / Component section).
     """
 
     domain: str = "localhost"
@@ -276,6 +278,7 @@ class ProsodyServer:
         smacks: bool = False,
         mam: bool = False,
         tombstones: bool = True,
+        room_locking: bool = False,
         smacks_hibernation_time: float | None = None,
         tls: ServerCertificate | None = None,
         log_level: str = "debug",
@@ -294,6 +297,7 @@ class ProsodyServer:
         self.smacks = smacks
         self.mam = mam
         self.tombstones = tombstones
+        self.room_locking = room_locking
         self.smacks_hibernation_time = smacks_hibernation_time
         self.tls = tls
         self.log_level = log_level
@@ -379,7 +383,7 @@ class ProsodyServer:
         muc_modules = ["muc_guard_test", *(["muc_mam"] if self.mam else [])]
         muc: dict[str, Any] = {
             "modules_enabled": muc_modules,
-            "muc_room_locking": False,
+            "muc_room_locking": self.room_locking,
             "muc_room_default_persistent": True,
             "muc_tombstones": self.tombstones,
         }

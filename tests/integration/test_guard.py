@@ -21,6 +21,7 @@ import muc_guard
 import muc_guard.store
 from muc_guard import Cause, State
 from guardkit import Bot, eventually, occupant_nicks_of, over_both
+from prosody import connected
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +113,60 @@ async def test_item_not_found_twice_means_the_room_forgot_us(prosody, bot, room_
     figure("room vanished -> on_dropped (ping_idle=1, 2 pings)", t_dropped - vanished_at)
     await bot.wait_event("rejoined", room_jid, timeout=10)
     assert await in_room(prosody, room_jid, bot.jid, "bot")
+
+
+async def _join_as(make_client, account, server, room_jid, nick):
+    """Another account joins `room_jid` with plain aioxmpp; its client is
+    returned (stopped by make_client at teardown). Raises the room's refusal."""
+    jid, pw = account(nick, server=server)
+    client = make_client(jid, pw, server=server)
+    muc = client.summon(aioxmpp.MUCClient)
+    await connected(client)
+    room, fut = muc.join(room_jid, nick, history=aioxmpp.muc.xso.History(maxstanzas=0))
+    await asyncio.wait_for(fut, 10)
+    assert room.muc_joined
+    return client
+
+
+async def test_rejoin_that_recreates_a_vanished_room_unlocks_it(
+        prosody_factory, make_client, account, room_jid):
+    """With room locking on (Prosody's default), the room our rejoin
+    re-creates (201) would refuse everyone else with item-not-found until
+    configured: the guard accepts the default configuration (XEP-0045
+    §10.1.2, an instant room), so the room is usable again."""
+    server = prosody_factory(room_locking=True)
+    assert await server.create_room(room_jid)       # exists before the bot, no owner
+    jid, pw = account("bot", server=server)
+    bot = await Bot(make_client, jid, pw, server=server).start()
+    try:
+        bot.guard.ping_idle = 1.0
+        await bot.guard.join(room_jid, "bot")
+        assert await server.drop_room(room_jid)
+        await bot.wait_event("dropped", room_jid, timeout=10)
+        await bot.wait_event("rejoined", room_jid, timeout=10)
+        await _join_as(make_client, account, server, room_jid, "alice")
+        assert sorted(await server.occupants(room_jid)) == ["alice", "bot"]
+    finally:
+        await bot.guard.shutdown()
+
+
+async def test_first_join_that_creates_a_room_leaves_it_to_the_bot(
+        prosody_factory, make_client, account, room_jid, caplog):
+    """A room the bot's own first join() creates is the bot's to configure
+    (it may want it members-only, say): the guard does not open it, and says
+    so in the log."""
+    server = prosody_factory(room_locking=True)
+    jid, pw = account("bot", server=server)
+    bot = await Bot(make_client, jid, pw, server=server).start()
+    try:
+        await bot.guard.join(room_jid, "bot")
+        with pytest.raises(aioxmpp.errors.XMPPCancelError) as info:
+            await _join_as(make_client, account, server, room_jid, "alice")
+        assert info.value.condition == aioxmpp.ErrorCondition.ITEM_NOT_FOUND
+        assert any("created" in r.getMessage() and str(room_jid) in r.getMessage()
+                   for r in caplog.records if r.name.startswith("muc_guard"))
+    finally:
+        await bot.guard.shutdown()
 
 
 async def test_join_while_offline_waits_for_the_stream(prosody, make_client, account,

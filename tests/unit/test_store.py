@@ -18,6 +18,7 @@ from muc_guard.store import (
     StoreWriter,
     parse_stored_room,
 )
+from storefiles import write_schema1_store
 
 ROOM = aioxmpp.JID.fromstr("room@conference.localhost")
 OTHER = aioxmpp.JID.fromstr("other@conference.localhost")
@@ -163,17 +164,8 @@ async def test_writer_keeps_changes_while_the_file_is_read_only(tmp_path, caplog
 
 
 async def test_version_1_store_is_migrated_and_keeps_its_rows(tmp_path):
-    from muc_guard.store import MIGRATIONS
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    for sql in MIGRATIONS[0]:
-        conn.execute(sql)
-    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    conn.execute("PRAGMA user_version = 1")
-    conn.execute("INSERT INTO rooms (account, room, requested_nick, nick, wanted, drops, added)"
-                 " VALUES ('bot@localhost', ?, 'bot', 'bot_', 1, 4, 0)", (str(ROOM),))
-    conn.commit()
-    conn.close()
+    write_schema1_store(path, "bot@localhost", str(ROOM), nick="bot_", drops=4)
     store = await Store.open(path)
     [rec] = await store.load_rooms("bot@localhost")
     assert (rec.nick, rec.drops, rec.position.last_id, rec.position.last_ts) == (

@@ -34,6 +34,7 @@ from muc_guard.rooms import TrackedRoom
 from muc_guard.store import SCHEMA_VERSION, Store, StoreWriter
 from harness import ROOM, ROOM_JID, Harness
 from stanzas import self_available
+from storefiles import write_schema1_store
 
 ACCOUNT = "bot@localhost"
 
@@ -229,10 +230,10 @@ async def test_refused_store_is_never_touched_and_the_guard_works_without_it(
 # --- a second process ------------------------------------------------------------------
 
 
-def _spawn(code: str, *args: str) -> subprocess.Popen:
+def _spawn(code: str, *args: str, stdin: int = subprocess.DEVNULL) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=os.path.dirname(os.path.dirname(muc_guard.__file__)))
     return proc
 
@@ -350,3 +351,64 @@ async def test_open_while_another_process_holds_an_exclusive_lock_says_so(tmp_pa
     assert path.read_bytes() == before
     store = await Store.open(path)                         # free again
     await store.close()
+
+
+# --- two processes opening one file at the same moment ---------------------------------
+
+_OPENER = """
+    import asyncio, sys
+    from muc_guard.store import Store, StoreError
+
+    async def main():
+        print("ready", flush=True)
+        for line in sys.stdin:                   # one path a round: the start signal
+            try:
+                store = await Store.open(line.strip())
+                try:
+                    rooms = await store.load_rooms("bot@localhost")
+                finally:
+                    await store.close()
+            except StoreError as exc:
+                print("error", exc, flush=True)
+            else:
+                print("ok", len(rooms), flush=True)
+
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(300)
+async def test_two_processes_opening_a_new_or_old_store_together_both_succeed(tmp_path):
+    """Two bots sharing a store start at the same moment: the one that loses
+    the race to create (or migrate) the schema must find it done, not replay
+    the migrations ("table rooms already exists") and call the file corrupt."""
+    openers = [_spawn(_OPENER, stdin=subprocess.PIPE) for _ in range(2)]
+    try:
+        for proc in openers:
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+            assert line == "ready\n", proc.stderr.read()
+        for i in range(30):
+            for kind in ("new", "old"):
+                path = tmp_path / f"{kind}{i}.db"
+                if kind == "old":
+                    write_schema1_store(path, ACCOUNT, "old@conference.localhost")
+                for proc in openers:            # both start within microseconds
+                    proc.stdin.write(f"{path}\n")
+                    proc.stdin.flush()
+                answers = [await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+                           for proc in openers]
+                rooms = 1 if kind == "old" else 0
+                assert answers == [f"ok {rooms}\n"] * 2, (kind, i, answers)
+                conn = sqlite3.connect(path)
+                try:
+                    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+                    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+                    columns = {row[1] for row in conn.execute("PRAGMA table_info(rooms)")}
+                    assert {"last_id", "has_archive"} <= columns
+                    assert conn.execute("SELECT count(*) FROM rooms").fetchone()[0] == rooms
+                finally:
+                    conn.close()
+    finally:
+        for proc in openers:
+            proc.stdin.close()
+            _kill(proc)
