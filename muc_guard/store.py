@@ -483,13 +483,15 @@ class Store:
             if self._reconnect:
                 await self._reopen()
             try:
-                await self._conn.execute("BEGIN IMMEDIATE")
                 try:
+                    await self._conn.execute("BEGIN IMMEDIATE")
                     yield self._conn
                     await self._conn.execute("COMMIT")
                 except BaseException:
-                    if self._conn.in_transaction:
-                        await self._conn.execute("ROLLBACK")
+                    # Also when cancelled while BEGIN or COMMIT waited for
+                    # SQLite's thread: that thread still runs it, and runs
+                    # this rollback (a no-op outside a transaction) after it.
+                    await self._conn.rollback()
                     raise
             except sqlite3.Error as exc:
                 # SQLite opens a file it cannot write read-only, for good.
