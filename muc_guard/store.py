@@ -487,6 +487,10 @@ class Store:
                     await self._conn.execute("BEGIN IMMEDIATE")
                     yield self._conn
                     await self._conn.execute("COMMIT")
+                except GeneratorExit:
+                    # Dropped with a closed event loop (muc_guard.closer): it
+                    # cannot await, and closing the connection rolls back.
+                    raise
                 except BaseException:
                     # Also when cancelled while BEGIN or COMMIT waited for
                     # SQLite's thread: that thread still runs it, and runs
