@@ -45,15 +45,18 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_exitbot(mode: str, db: pathlib.Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def run_exitbot(mode: str, db: pathlib.Path, *args: str, env: dict[str, str] | None = None,
+                bound: float = EXIT_BOUND) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Run exitbot.py to its end; returns it and its ``threads`` line."""
     started = time.monotonic()
     try:
-        done = subprocess.run([sys.executable, str(HERE / "exitbot.py"), mode, "--db", str(db)],
-                              env=child_env(), cwd=db.parent, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=EXIT_BOUND)
+        done = subprocess.run([sys.executable, str(HERE / "exitbot.py"), mode, "--db", str(db),
+                               *args],
+                              env={**child_env(), **(env or {})}, cwd=db.parent,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=bound)
     except subprocess.TimeoutExpired as exc:   # run() has killed it
-        pytest.fail(f"{mode}: still running after {EXIT_BOUND} s (killed); "
+        pytest.fail(f"{mode}: still running after {bound} s (killed); "
                     f"stdout: {_text(exc.stdout)!r}; stderr: {_text(exc.stderr)!r}")
     lines = done.stdout.splitlines()
     assert lines[0] == f"module {ROOT / 'muc_guard' / '__init__.py'}", done.stdout
@@ -95,6 +98,21 @@ def test_raise_without_shutdown_exits_1_and_flushes(tmp_path):
     assert state["rooms"] == {ROOM: PENDING}      # the join, and the pending change
     assert not any(state["clean"].values())       # not a clean exit: probe next time
     assert "without shutdown()" in done.stderr
+
+
+def test_raise_while_connected_and_joined_exits_1(prosody, account, room_jid, tmp_path):
+    """The same with a live stream, a joined room and their timers (self-ping,
+    stream watchdog): nothing of muc_guard or aioxmpp keeps the process."""
+    jid, password = account("connected")
+    done, threads = run_exitbot("raise", tmp_path / "bot.db", "--port", str(prosody.port),
+                                "--jid", str(jid), "--room", str(room_jid),
+                                env={"MUC_GUARD_PASSWORD": password},
+                                bound=EXIT_BOUND + 20)   # the join itself may take a while
+    assert "joined" in done.stdout.splitlines(), done.stderr
+    assert_failed_with_its_traceback(done)
+    assert threads == ["MainThread"]
+    state = store_state(tmp_path / "bot.db")
+    assert (state["integrity"], state["rooms"]) == ("ok", {str(room_jid): PENDING})
 
 
 def test_raise_after_shutdown_exits_1(tmp_path):
