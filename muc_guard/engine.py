@@ -27,7 +27,9 @@ Solution
   on error presences after a reconnect) inside our own loop: one task per room
   that needs joining, a watchdog per attempt, :class:`~muc_guard.rejoin.Backoff`
   between failures, and a bound on concurrent joins.
-* Every change of a room's record goes to the :class:`~muc_guard.store.StoreWriter`.
+* Every change of a room's record goes to the :class:`~muc_guard.store.StoreWriter`;
+  a :class:`~muc_guard.closer.StoreCloser` closes the store if the event
+  loop ends before :meth:`GuardEngine.close` does.
 
 The engine is a plain object so that both :class:`~muc_guard.MUCGuard` and
 :class:`~muc_guard.GuardMixin` (a user's own service) can own one without
