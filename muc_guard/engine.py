@@ -27,7 +27,9 @@ Solution
   on error presences after a reconnect) inside our own loop: one task per room
   that needs joining, a watchdog per attempt, :class:`~muc_guard.rejoin.Backoff`
   between failures, and a bound on concurrent joins.
-* Every change of a room's record goes to the :class:`~muc_guard.store.StoreWriter`.
+* Every change of a room's record goes to the :class:`~muc_guard.store.StoreWriter`;
+  a :class:`~muc_guard.closer.StoreCloser` closes the store if the event
+  loop ends before :meth:`GuardEngine.close` does.
 
 The engine is a plain object so that both :class:`~muc_guard.MUCGuard` and
 :class:`~muc_guard.GuardMixin` (a user's own service) can own one without
@@ -54,6 +56,7 @@ import aioxmpp.muc
 import aioxmpp.ping
 
 from . import mam, redact
+from .closer import StoreCloser
 from .inbound import sanitize_message, sanitize_presence
 from .instant import CreationWatch, settle_created_room
 from .continuity import DIGEST_TOLERANCE, RoomStream, message_facts
@@ -213,6 +216,8 @@ class GuardEngine:
         self._join_waves = JoinWaves(DEFAULT_MAX_CONCURRENT_JOINS)
         self._store: Store | None = None
         self._writer: StoreWriter | None = None
+        #: closes the store if the event loop ends before close() does
+        self._closer: StoreCloser | None = None
         self._closed = False
 
         self._ping_idle = 300.0
@@ -333,6 +338,7 @@ class GuardEngine:
             crashed = True
         self._store = store
         self._writer = StoreWriter(store, self.account)
+        self._closer = await StoreCloser.watch(store, self._writer)
         await self._adopt_stored_resource(store)
         for rec in self._rooms.values():   # join() before open_store: memory wins
             self._writer.mark(rec)
@@ -488,6 +494,8 @@ class GuardEngine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._closer is not None and not await self._closer.release():
+            return   # the event loop is ending, and the closer closed the store
         if self._writer is not None:
             await self._writer.close()
         if self._store is not None:

@@ -140,6 +140,9 @@ class GuardMixin:
         """Open (creating or migrating) the SQLite state file and rejoin what it wants.
 
         Raises :class:`muc_guard.StoreError` for a corrupt, foreign or newer file.
+        Close it with ``shutdown()``; if the event loop ends first, the store
+        is flushed and closed anyway (:mod:`muc_guard.closer`), so that its
+        thread does not keep the process from exiting.
         """
         await self._guard.open_store(path)
 

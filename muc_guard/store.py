@@ -524,13 +524,19 @@ class Store:
             if self._reconnect:
                 await self._reopen()
             try:
-                await self._conn.execute("BEGIN IMMEDIATE")
                 try:
+                    await self._conn.execute("BEGIN IMMEDIATE")
                     yield self._conn
                     await self._conn.execute("COMMIT")
+                except GeneratorExit:
+                    # Dropped with a closed event loop (muc_guard.closer): it
+                    # cannot await, and closing the connection rolls back.
+                    raise
                 except BaseException:
-                    if self._conn.in_transaction:
-                        await self._conn.execute("ROLLBACK")
+                    # Also when cancelled while BEGIN or COMMIT waited for
+                    # SQLite's thread: that thread still runs it, and runs
+                    # this rollback (a no-op outside a transaction) after it.
+                    await self._conn.rollback()
                     raise
             except sqlite3.Error as exc:
                 # SQLite opens a file it cannot write read-only, for good.
@@ -546,6 +552,11 @@ class Store:
         await self._conn.close()
         self._conn = conn
         self._reconnect = False
+
+    @property
+    def busy(self) -> bool:
+        """A write transaction is under way (or waiting for its turn)."""
+        return self._lock.locked()
 
     async def close(self) -> None:
         await self._conn.close()
@@ -583,10 +594,14 @@ class StoreWriter:
         #: pending changes are to be written now (not at the batch timer)
         self._due = False
         self.failed = False
+        #: closed: changes marked from now on are not written
+        self._closed = False
 
     def mark(self, rec: TrackedRoom, *, lazy: bool = False, now: bool = False) -> None:
         """Note a changed record, to be written within BATCH_DELAY s (`now`:
         at once). `lazy` marks say that only its message position changed."""
+        if self._closed:
+            return
         if not lazy:
             self._deleted.discard(rec.jid)
             self._moved.pop(rec.jid, None)
@@ -605,6 +620,8 @@ class StoreWriter:
         self._write_now()
 
     def mark_deleted(self, jid: aioxmpp.JID) -> None:
+        if self._closed:
+            return
         self._dirty.pop(jid, None)
         self._moved.pop(jid, None)
         self._deleted.add(jid)
@@ -671,18 +688,42 @@ class StoreWriter:
         self._write_now()
 
     async def close(self) -> None:
-        """Flush what can be flushed and stop retrying."""
+        """Flush what can be flushed and stop retrying; later marks are ignored."""
+        self._closed = True
+        self._stop_timers()
+        if self._task is not None and not self._task.done():
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._last_flush()
+
+    async def close_stranded(self) -> None:
+        """:meth:`close` for a writer whose event loop has ended, called from
+        another loop (see :mod:`muc_guard.closer`): the old loop's tasks never
+        run again. A write they left cut off mid-way holds the locks; its
+        transaction rolls back when the store closes, and nothing is written."""
+        self._closed = True
+        self._stop_timers()
+        if self._lock.locked() or self.store.busy:
+            logger.error("store %r: a write cut off when the event loop ended rolls back; "
+                         "its changes and %d later one(s) are not written",
+                         self.store.path, self._count())
+            return
+        await self._last_flush()
+
+    def _stop_timers(self) -> None:
         if self._batch is not None:
             self._batch.cancel()
             self._batch = None
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        if self._task is not None and not self._task.done():
-            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _count(self) -> int:
+        return len(self._dirty) + len(self._deleted) + len(self._moved)
+
+    async def _last_flush(self) -> None:
         try:
             await self.flush()
         except StoreError:
+            self._stop_timers()    # flush() scheduled a retry that never comes
             logger.error("store %r: %d change(s) could not be written before closing",
-                         self.store.path,
-                         len(self._dirty) + len(self._deleted) + len(self._moved))
+                         self.store.path, self._count())

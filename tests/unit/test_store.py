@@ -358,3 +358,37 @@ async def test_a_thousand_rooms_and_positions_in_one_write(tmp_path):
     assert loaded["never-written@c.localhost"].position.last_id == "x"
     assert store.transactions == 2
     await store.close()
+
+
+@pytest.mark.parametrize("statement", ["BEGIN IMMEDIATE", "COMMIT"])
+async def test_a_write_cancelled_in_sqlites_queue_leaves_no_transaction_open(
+        tmp_path, monkeypatch, statement):
+    """A write cancelled while BEGIN (or COMMIT) waits for SQLite's thread:
+    the thread still runs the statement, so the write must roll back after
+    it, or the connection stays inside a transaction holding the file's
+    write lock, and every later write fails ("within a transaction")."""
+    import asyncio
+
+    import aiosqlite
+    store = await Store.open(tmp_path / "bot.db")
+    execute = aiosqlite.Connection.execute
+    queued = asyncio.Event()
+
+    def noting(self, sql, *args, **kwargs):
+        if sql == statement:
+            queued.set()
+        return execute(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "execute", noting)
+    task = asyncio.ensure_future(store.write("bot@localhost", [tracked(drops=1)], []))
+    await queued.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.write("bot@localhost", [tracked(jid=OTHER)], [])
+    other = sqlite3.connect(tmp_path / "bot.db", timeout=0.1)
+    other.execute("BEGIN IMMEDIATE")             # the write lock is free
+    other.rollback()
+    other.close()
+    assert {r.jid for r in await store.load_rooms("bot@localhost")} >= {OTHER}
+    await store.close()
