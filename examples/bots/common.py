@@ -349,7 +349,11 @@ async def _join(guard: muc_guard.MUCGuard, room: aioxmpp.JID, nick: str) -> None
         logger.info("in %s as %s", room, joined.me.nick if joined.me else nick)
 
 
-async def _stop_client(client: aioxmpp.Client) -> None:
+async def _stop_client(client: aioxmpp.PresenceManagedClient) -> None:
+    # Unavailable first: while its presence is available, a client whose
+    # stream just failed may start itself again.
+    if client.presence.available:
+        client.presence = aioxmpp.PresenceState(False)
     if not client.running:
         return
     stopped = asyncio.get_running_loop().create_future()

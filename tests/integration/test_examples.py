@@ -32,9 +32,17 @@ from prosody import ProsodyServer, connected
 
 pytestmark = pytest.mark.integration
 
-BOTS = pathlib.Path(__file__).resolve().parents[2] / "examples" / "bots"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BOTS = ROOT / "examples" / "bots"
 START_TIMEOUT = 20.0
 EXIT_TIMEOUT = 10.0
+
+
+def this_checkout(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this checkout first on PYTHONPATH: the bots must run the
+    muc_guard under test, not whichever one is installed."""
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 class BotProcess:
@@ -89,7 +97,7 @@ async def bots(prosody: ProsodyServer, tmp_path: pathlib.Path):
     started: list[BotProcess] = []
 
     async def start(script: str, jid: aioxmpp.JID, password: str, *args: str) -> BotProcess:
-        env = {**os.environ, "MUC_GUARD_PASSWORD": password}
+        env = this_checkout({**os.environ, "MUC_GUARD_PASSWORD": password})
         env.pop("MUC_GUARD_JID", None)
         transport = (["--ca-file", str(prosody.tls.ca_file)] if prosody.tls
                      else ["--insecure-plaintext"])
@@ -169,7 +177,8 @@ def run_script(script: str, *args: str,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items()
             if k not in ("MUC_GUARD_PASSWORD", "MUC_GUARD_JID")}
-    return subprocess.run([sys.executable, str(BOTS / script), *args], env={**base, **(env or {})},
+    return subprocess.run([sys.executable, str(BOTS / script), *args],
+                          env=this_checkout({**base, **(env or {})}),
                           capture_output=True, text=True, timeout=30)
 
 
