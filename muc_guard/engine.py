@@ -64,6 +64,7 @@ from .policy import (
     decide,
 )
 from .rejoin import Backoff, JoinWaves
+from .invariants import join_task_name
 from .rooms import RoomInfo, State, TrackedRoom
 from .selfping import PingOutcome, PingVerdict, read_ping_reply
 from .store import Store, StoreError, StoreWriter
@@ -932,16 +933,42 @@ class GuardEngine:
     # --- joining ---------------------------------------------------------------------
 
     def _start_joining(self, rec: TrackedRoom, delay: float, failures: int = 0) -> None:
-        if self._closed or (rec.join_task is not None and not rec.join_task.done()):
+        if self._closed:
             return
-        rec.join_task = self._spawn(self._keep_joining(rec, delay, failures))
+        if rec.join_task is not None and not rec.join_task.done():
+            # The running loop may be past its last check (e.g. reading the
+            # archive after a join): it hands over when it ends.
+            rec.next_join = (delay, failures)
+            return
+        rec.next_join = None
+        rec.join_task = self._spawn(self._keep_joining(rec, delay, failures),
+                                    name=join_task_name(rec.jid))
 
     async def _keep_joining(self, rec: TrackedRoom, delay: float, failures: int = 0) -> None:
+        crashed = False
         try:
             await self._join_loop(rec, delay, failures)
+        except Exception:
+            crashed = True
+            logger.exception("%s: join loop failed unexpectedly", rec.jid)
         finally:
             if rec.join_task is asyncio.current_task():
                 rec.join_task = None    # a finished task is half a KiB per room
+                self._join_loop_ended(rec, crashed)
+
+    def _join_loop_ended(self, rec: TrackedRoom, crashed: bool) -> None:
+        """Whatever ended a join loop (success, failure, cancellation, or a
+        drop while it was still reading the archive), a wanted room that is
+        not joined gets the next one: no state may leave it with none."""
+        pending, rec.next_join = rec.next_join, None
+        if (self._closed or self._rooms.get(rec.jid) is not rec or not rec.wanted
+                or rec.state is State.JOINED):
+            return
+        delay, failures = pending if pending is not None else (0.0, 0)
+        if crashed:
+            failures += 1
+            delay = max(delay, self.backoff.delay(failures))
+        self._start_joining(rec, delay, failures)
 
     async def _join_loop(self, rec: TrackedRoom, delay: float, failures: int) -> None:
         permanent = 0
@@ -1289,8 +1316,8 @@ class GuardEngine:
         except StoreError:
             pass  # logged by the writer, which keeps the change and retries
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

@@ -89,6 +89,8 @@ class TrackedRoom:
     ping_timer: asyncio.TimerHandle | None = None
     ping_task: "asyncio.Task[None] | None" = None
     join_task: "asyncio.Task[None] | None" = None
+    #: (delay, failures) of a join loop asked for while one was still running
+    next_join: tuple[float, int] | None = None
     #: futures of join() callers waiting for this room
     waiters: list["asyncio.Future[Any]"] = dataclasses.field(default_factory=list)
     #: set after a drop or a restore: the next successful join fires on_rejoined

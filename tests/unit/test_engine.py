@@ -25,6 +25,8 @@ from harness import ROOM, ROOM_JID, Harness
 async def h():
     harness = Harness()
     yield harness
+    await harness.settle()
+    assert harness.violations() == []
     await harness.guard.shutdown()
 
 
