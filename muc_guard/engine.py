@@ -65,7 +65,7 @@ from .policy import (
 )
 from .rejoin import Backoff, JoinWaves
 from .invariants import join_task_name
-from .rooms import RoomInfo, State, TrackedRoom
+from .rooms import RoomInfo, State, TrackedRoom, merge_stored
 from .selfping import PingOutcome, PingVerdict, read_ping_reply
 from .store import Store, StoreError, StoreWriter
 from .stream import StreamWatchdog
@@ -334,22 +334,30 @@ class GuardEngine:
         self._store = store
         self._writer = StoreWriter(store, self.account)
         await self._adopt_stored_resource(store)
-        for rec in self._rooms.values():   # join() before open_store: memory wins
-            self._writer.mark(rec)
         restored = 0
-        for rec in stored:
-            if rec.jid in self._rooms:
-                continue
-            rec.confirmed = True
-            rec.announce_rejoin = rec.wanted
+        for row in stored:
             # Joined when the last process ended: a server may have kept
             # that occupant (e.g. a hibernated XEP-0198 session).
-            rec.probe = crashed and rec.wanted and rec.last_joined is not None and (
-                rec.last_dropped is None or rec.last_joined >= rec.last_dropped)
-            self._rooms[rec.jid] = rec
-            if rec.wanted:
+            probe = crashed and row.wanted and row.last_joined is not None and (
+                row.last_dropped is None or row.last_joined >= row.last_dropped)
+            rec = self._rooms.get(row.jid)
+            if rec is not None:
+                # join() before open_store(): its wishes win, the stored
+                # knowledge (position, drops, archive) is kept.
+                merge_stored(rec, row)
+                if rec.state is not State.JOINED and row.wanted and rec.wanted:
+                    rec.announce_rejoin = True
+                    rec.probe = probe
+                continue
+            row.confirmed = True
+            row.announce_rejoin = row.wanted
+            row.probe = probe
+            self._rooms[row.jid] = row
+            if row.wanted:
                 restored += 1
-                self._start_joining(rec, 0.0)
+                self._start_joining(row, 0.0)
+        for rec in self._rooms.values():
+            self._writer.mark(rec)
         logger.info("store %r opened for %s: %d room(s), %d to rejoin",
                     store.path, self.account, len(stored), restored)
 
@@ -996,12 +1004,12 @@ class GuardEngine:
                 if not classify_join_error(condition, _error_type(exc)):
                     permanent = 0
                     logger.info("%s: join failed (%s), will retry", rec.jid, condition)
-                elif condition == "conflict" and rec.confirmed and not rec.waiters:
+                elif not rec.confirmed:
+                    self._join_refused(rec, exc)   # a bad join(): raised, not kept
+                    return
+                elif condition == "conflict":
                     conflicts += 1
                     self._nick_conflict(rec, conflicts)
-                elif rec.waiters or not rec.confirmed:
-                    self._join_refused(rec, exc)
-                    return
                 else:
                     permanent += 1
                     logger.warning("%s: join refused (%s), %d/%d", rec.jid, condition,
@@ -1276,19 +1284,15 @@ class GuardEngine:
                 logger.debug("cannot quiet aioxmpp's self-ping", exc_info=True)
 
     def _join_refused(self, rec: TrackedRoom, exc: aioxmpp.errors.XMPPError) -> None:
-        """A permanent error on an explicit join(): raise it, do not keep the room."""
+        """A permanent error on the first join() of a room never joined:
+        raise it, do not keep the room. (A known room follows the rejoin
+        rules, and only _give_up ends it.)"""
         logger.warning("%s: join refused (%s)", rec.jid, error_condition(exc))
         self._fail_waiters(rec, exc)
         rec.room = None
-        if rec.confirmed:
-            # Wanted again after giving up: back to where it was, with the reason.
-            rec.state = State.GAVE_UP
-            rec.last_cause = Cause.JOIN_ERROR
-            self._mark(rec, now=True)
-        else:
-            self._rooms.pop(rec.jid, None)
-            if self._writer is not None:
-                self._writer.mark_deleted(rec.jid)
+        self._rooms.pop(rec.jid, None)
+        if self._writer is not None:
+            self._writer.mark_deleted(rec.jid)
 
     @staticmethod
     def _fail_waiters(rec: TrackedRoom, exc: BaseException) -> None:

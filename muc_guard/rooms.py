@@ -34,7 +34,7 @@ from .selfping import PingJudge
 if TYPE_CHECKING:  # pragma: no cover
     import aioxmpp.muc
 
-__all__ = ["State", "RoomInfo", "TrackedRoom"]
+__all__ = ["State", "RoomInfo", "TrackedRoom", "merge_stored"]
 
 
 class State(enum.Enum):
@@ -149,3 +149,38 @@ class TrackedRoom:
         if self.ping_task is not None and not self.ping_task.done():
             self.ping_task.cancel()
         self.ping_task = None
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def merge_stored(rec: TrackedRoom, stored: TrackedRoom) -> None:
+    """Fold a stored record into one join() made before the store was open.
+
+    The record in memory says what the bot wants now (nick, password,
+    wanted); the stored one what was learnt before (where its messages
+    stand, drops, the archive, the nick the room gave). An empty record must
+    not overwrite that knowledge, or the next rejoin asks for no history and
+    everything said while the bot was down is lost.
+    """
+    rec.confirmed = True
+    rec.drops += stored.drops          # memory counted this process only
+    if rec.last_cause is None:
+        rec.last_cause = stored.last_cause
+    rec.last_joined = _latest(rec.last_joined, stored.last_joined)
+    rec.last_dropped = _latest(rec.last_dropped, stored.last_dropped)
+    if stored.added is not None and (rec.added is None or stored.added < rec.added):
+        rec.added = stored.added
+    if rec.last_downtime is None:
+        rec.last_downtime = stored.last_downtime
+    if rec.has_archive is None:
+        rec.has_archive = stored.has_archive
+    if rec.password is None:
+        rec.password = stored.password
+    if rec.position.last_ts is None and rec.position.last_id is None:
+        rec.position = stored.position
+        if rec.stream is not None and rec.stream.delivered == 0:
+            rec.stream = None          # rebuilt from the stored position
+    if rec.state is not State.JOINED and rec.requested_nick == stored.requested_nick:
+        rec.nick = stored.nick         # the nick the room gave us (210)
