@@ -436,13 +436,17 @@ class GuardEngine:
             rec.requested_nick = rec.nick = nick
             await self._persist_now(rec)
             return
-        rec.nick_change_pending = True
-        rec.pending_nick = nick
+        if nick == rec.nick and not rec.nick_change_pending:
+            # Already ours (a bot re-applying its configuration): nothing to ask.
+            if (rec.requested_nick, rec.preferred_nick) != (nick, None):
+                rec.requested_nick, rec.preferred_nick = nick, None
+                await self._persist_now(rec)
+            return
+        self._begin_nick_change(rec, nick)
         try:
             await rec.room.set_nick(nick)
         except BaseException:
-            rec.nick_change_pending = False
-            rec.pending_nick = None
+            self._end_nick_change(rec)
             raise
         rec.requested_nick = nick
         rec.preferred_nick = None
@@ -579,9 +583,9 @@ class GuardEngine:
             # Join errors reach the join attempt through MUCClient; this is
             # about our own nick change being refused (e.g. 409).
             if rec.nick_change_pending and sender.resource == rec.pending_nick:
+                # Also what a room that silently dropped us answers.
                 logger.info("%s: nick %r refused", rec.jid, rec.pending_nick)
-                rec.nick_change_pending = False
-                rec.pending_nick = None
+                self._end_nick_change(rec, check=True)
             return
         if rec.state is not State.JOINED:
             return  # the join attempt in progress handles its own presences
@@ -590,9 +594,18 @@ class GuardEngine:
 
         if stanza.type_ != aioxmpp.PresenceType.UNAVAILABLE:
             self._saw_traffic(rec)
-            if (STATUS_SELF in codes and sender.resource != rec.nick
-                    and rec.nick_change_pending):
-                self._nick_changed(rec, sender.resource)
+            if STATUS_SELF in codes and rec.nick_change_pending:
+                # Any self-presence answers the change; only the nick we
+                # asked for (or the 303 named) is adopted.
+                if sender.resource == rec.pending_nick:
+                    self._nick_changed(rec, sender.resource)
+                else:
+                    self._end_nick_change(rec, check=sender.resource != rec.nick)
+            return
+        if rec.nick_change_pending and sender.resource == rec.pending_nick != rec.nick:
+            logger.info("%s: nick change to %r answered with unavailable", rec.jid,
+                        rec.pending_nick)
+            self._end_nick_change(rec, check=True)   # the room may have lost us
             return
         if sender.resource != rec.nick:
             self._saw_traffic(rec)   # another occupant left
@@ -605,8 +618,8 @@ class GuardEngine:
         # is not a nick change); a 303 naming no nick was dropped by sanitize.
         cause = classify_removal(codes, destroyed=destroyed)
         if cause is None:
-            rec.nick_change_pending = True
-            rec.pending_nick = muc_user.items[0].nick if muc_user and muc_user.items else None
+            self._begin_nick_change(
+                rec, muc_user.items[0].nick if muc_user and muc_user.items else None)
             return
         reason = stanza.status.any() if stanza.status else None
         logger.debug("%s: unavailable self-presence, codes %s -> %s", rec.jid,
@@ -614,11 +627,37 @@ class GuardEngine:
         # Let MUCClient process this presence (and forget the Room) first.
         asyncio.get_running_loop().call_soon(self._dropped, rec, cause, reason)
 
+    def _begin_nick_change(self, rec: TrackedRoom, nick: str | None) -> None:
+        """Self-pings wait while our nick changes (XEP-0410 would read the
+        moment as not joined); an unanswered change ends after ping_timeout."""
+        rec.nick_change_pending = True
+        rec.pending_nick = nick
+        if rec.nick_timer is not None:
+            rec.nick_timer.cancel()
+        rec.nick_timer = asyncio.get_running_loop().call_later(
+            self.ping_timeout, self._nick_change_unanswered, rec)
+
+    def _end_nick_change(self, rec: TrackedRoom, *, check: bool = False) -> None:
+        """`check`: the answer suggests the room lost us: self-ping at once."""
+        rec.nick_change_pending = False
+        rec.pending_nick = None
+        if rec.nick_timer is not None:
+            rec.nick_timer.cancel()
+            rec.nick_timer = None
+        if check:
+            self._ping_soon(rec)
+
+    @_never_raises
+    def _nick_change_unanswered(self, rec: TrackedRoom) -> None:
+        rec.nick_timer = None
+        if rec.nick_change_pending:
+            logger.info("%s: no answer to our nick change to %r", rec.jid, rec.pending_nick)
+            self._end_nick_change(rec, check=True)
+
     def _nick_changed(self, rec: TrackedRoom, nick: str) -> None:
         logger.info("%s: our nick is now %r", rec.jid, nick)
         rec.nick = nick
-        rec.nick_change_pending = False
-        rec.pending_nick = None
+        self._end_nick_change(rec)
         if nick == rec.preferred_nick:
             rec.preferred_nick = None
             if rec.reclaim_timer is not None:
@@ -643,14 +682,12 @@ class GuardEngine:
         self._arm_reclaim(rec)
 
     async def _request_nick(self, rec: TrackedRoom, nick: str) -> None:
-        rec.nick_change_pending = True
-        rec.pending_nick = nick
+        self._begin_nick_change(rec, nick)
         try:
             await rec.room.set_nick(nick)
         except (ConnectionError, aioxmpp.errors.XMPPError) as exc:
             logger.info("%s: cannot ask for nick %r: %r", rec.jid, nick, exc)
-            rec.nick_change_pending = False
-            rec.pending_nick = None
+            self._end_nick_change(rec)
 
     # --- stream --------------------------------------------------------------------
 
@@ -1226,7 +1263,7 @@ class GuardEngine:
                         room.me.nick, rec.nick)
             rec.nick = room.me.nick
         rec.confirmed = True
-        rec.nick_change_pending = False
+        self._end_nick_change(rec)
         now = time.time()
         if rec.last_dropped is not None and (rec.last_joined is None
                                              or rec.last_joined < rec.last_dropped):

@@ -100,6 +100,8 @@ class TrackedRoom:
     nick_change_pending: bool = False
     #: the nick asked for in a change still unanswered
     pending_nick: str | None = None
+    #: ends a nick change that gets no answer (after ping_timeout)
+    nick_timer: asyncio.TimerHandle | None = None
     #: set while we hold a fallback nick: the nick to win back
     preferred_nick: str | None = None
     reclaim_timer: asyncio.TimerHandle | None = None
@@ -140,6 +142,9 @@ class TrackedRoom:
         )
 
     def cancel_timers(self) -> None:
+        if self.nick_timer is not None:
+            self.nick_timer.cancel()
+            self.nick_timer = None
         if self.reclaim_timer is not None:
             self.reclaim_timer.cancel()
             self.reclaim_timer = None

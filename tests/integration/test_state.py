@@ -221,3 +221,45 @@ async def test_join_before_open_store_keeps_what_the_store_knows(prosody, make_c
 
 async def _refused(server, room, n) -> bool:
     return await server.refused_count(room) >= n
+
+
+# --- nick changes that never end (defect 4) --------------------------------------------
+
+
+@pytest.fixture
+async def joined_bot(prosody, make_client, account, room_jid):
+    jid, pw = account("bot")
+    bot = await Bot(make_client, jid, pw).start()
+    bot.jid = jid
+    await bot.guard.join(room_jid, "bot")
+    yield bot
+    await bot.stop()
+
+
+async def test_set_nick_to_the_nick_we_hold_keeps_self_pings_going(prosody, joined_bot,
+                                                                   room_jid):
+    """A bot re-applying its configuration: no nick change is pending after
+    it, so a later silent drop is still found by the self-ping."""
+    bot = joined_bot
+    bot.guard.ping_idle = 1.0
+    await bot.guard.set_nick(room_jid, "bot")
+    assert bot.info(room_jid).nick == "bot"
+    await prosody.silent_remove(room_jid, "bot")
+    await bot.wait_event("rejoined", room_jid, timeout=10)
+    assert bot.kinds(room_jid) == ["dropped", "rejoined"]
+    assert await occupant_nicks_of(prosody, room_jid, bot.jid) == ["bot"]
+
+
+async def test_a_nick_change_refused_by_a_room_that_lost_us_is_checked_at_once(
+        prosody, joined_bot, room_jid):
+    """Prosody answers the nick change of a client it dropped silently with
+    an error from the new nick: the guard self-pings at once (the idle ping
+    is far away) and rejoins."""
+    bot = joined_bot
+    bot.guard.ping_idle = 300.0
+    await prosody.silent_remove(room_jid, "bot")
+    await bot.guard.set_nick(room_jid, "renamed")
+    _, cause = await bot.wait_event("dropped", room_jid, timeout=10)
+    assert cause is muc_guard.Cause.PING
+    await bot.wait_event("rejoined", room_jid, timeout=10)
+    assert bot.info(room_jid).state is State.JOINED
