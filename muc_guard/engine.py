@@ -68,7 +68,8 @@ from .policy import (
     decide,
 )
 from .rejoin import Backoff, JoinWaves
-from .rooms import RoomInfo, State, TrackedRoom
+from .invariants import join_task_name
+from .rooms import RoomInfo, State, TrackedRoom, merge_stored
 from .selfping import PingOutcome, PingVerdict, read_ping_reply
 from .store import Store, StoreError, StoreWriter
 from .stream import StreamWatchdog
@@ -340,22 +341,30 @@ class GuardEngine:
         self._writer = StoreWriter(store, self.account)
         self._closer = await StoreCloser.watch(store, self._writer)
         await self._adopt_stored_resource(store)
-        for rec in self._rooms.values():   # join() before open_store: memory wins
-            self._writer.mark(rec)
         restored = 0
-        for rec in stored:
-            if rec.jid in self._rooms:
-                continue
-            rec.confirmed = True
-            rec.announce_rejoin = rec.wanted
+        for row in stored:
             # Joined when the last process ended: a server may have kept
             # that occupant (e.g. a hibernated XEP-0198 session).
-            rec.probe = crashed and rec.wanted and rec.last_joined is not None and (
-                rec.last_dropped is None or rec.last_joined >= rec.last_dropped)
-            self._rooms[rec.jid] = rec
-            if rec.wanted:
+            probe = crashed and row.wanted and row.last_joined is not None and (
+                row.last_dropped is None or row.last_joined >= row.last_dropped)
+            rec = self._rooms.get(row.jid)
+            if rec is not None:
+                # join() before open_store(): its wishes win, the stored
+                # knowledge (position, drops, archive) is kept.
+                merge_stored(rec, row)
+                if rec.state is not State.JOINED and row.wanted and rec.wanted:
+                    rec.announce_rejoin = True
+                    rec.probe = probe
+                continue
+            row.confirmed = True
+            row.announce_rejoin = row.wanted
+            row.probe = probe
+            self._rooms[row.jid] = row
+            if row.wanted:
                 restored += 1
-                self._start_joining(rec, 0.0)
+                self._start_joining(row, 0.0)
+        for rec in self._rooms.values():
+            self._writer.mark(rec)
         logger.info("store %r opened for %s: %d room(s), %d to rejoin",
                     store.path, self.account, len(stored), restored)
 
@@ -434,13 +443,17 @@ class GuardEngine:
             rec.requested_nick = rec.nick = nick
             await self._persist_now(rec)
             return
-        rec.nick_change_pending = True
-        rec.pending_nick = nick
+        if nick == rec.nick and not rec.nick_change_pending:
+            # Already ours (a bot re-applying its configuration): nothing to ask.
+            if (rec.requested_nick, rec.preferred_nick) != (nick, None):
+                rec.requested_nick, rec.preferred_nick = nick, None
+                await self._persist_now(rec)
+            return
+        self._begin_nick_change(rec, nick)
         try:
             await rec.room.set_nick(nick)
         except BaseException:
-            rec.nick_change_pending = False
-            rec.pending_nick = None
+            self._end_nick_change(rec)
             raise
         rec.requested_nick = nick
         rec.preferred_nick = None
@@ -579,9 +592,9 @@ class GuardEngine:
             # Join errors reach the join attempt through MUCClient; this is
             # about our own nick change being refused (e.g. 409).
             if rec.nick_change_pending and sender.resource == rec.pending_nick:
+                # Also what a room that silently dropped us answers.
                 logger.info("%s: nick %r refused", rec.jid, rec.pending_nick)
-                rec.nick_change_pending = False
-                rec.pending_nick = None
+                self._end_nick_change(rec, check=True)
             return
         if rec.state is not State.JOINED:
             return  # the join attempt in progress handles its own presences
@@ -590,9 +603,18 @@ class GuardEngine:
 
         if stanza.type_ != aioxmpp.PresenceType.UNAVAILABLE:
             self._saw_traffic(rec)
-            if (STATUS_SELF in codes and sender.resource != rec.nick
-                    and rec.nick_change_pending):
-                self._nick_changed(rec, sender.resource)
+            if STATUS_SELF in codes and rec.nick_change_pending:
+                # Any self-presence answers the change; only the nick we
+                # asked for (or the 303 named) is adopted.
+                if sender.resource == rec.pending_nick:
+                    self._nick_changed(rec, sender.resource)
+                else:
+                    self._end_nick_change(rec, check=sender.resource != rec.nick)
+            return
+        if rec.nick_change_pending and sender.resource == rec.pending_nick != rec.nick:
+            logger.info("%s: nick change to %r answered with unavailable", rec.jid,
+                        rec.pending_nick)
+            self._end_nick_change(rec, check=True)   # the room may have lost us
             return
         if sender.resource != rec.nick:
             self._saw_traffic(rec)   # another occupant left
@@ -605,8 +627,8 @@ class GuardEngine:
         # is not a nick change); a 303 naming no nick was dropped by sanitize.
         cause = classify_removal(codes, destroyed=destroyed)
         if cause is None:
-            rec.nick_change_pending = True
-            rec.pending_nick = muc_user.items[0].nick if muc_user and muc_user.items else None
+            self._begin_nick_change(
+                rec, muc_user.items[0].nick if muc_user and muc_user.items else None)
             return
         reason = stanza.status.any() if stanza.status else None
         logger.debug("%s: unavailable self-presence, codes %s -> %s", rec.jid,
@@ -614,11 +636,37 @@ class GuardEngine:
         # Let MUCClient process this presence (and forget the Room) first.
         asyncio.get_running_loop().call_soon(self._dropped, rec, cause, reason)
 
+    def _begin_nick_change(self, rec: TrackedRoom, nick: str | None) -> None:
+        """Self-pings wait while our nick changes (XEP-0410 would read the
+        moment as not joined); an unanswered change ends after ping_timeout."""
+        rec.nick_change_pending = True
+        rec.pending_nick = nick
+        if rec.nick_timer is not None:
+            rec.nick_timer.cancel()
+        rec.nick_timer = asyncio.get_running_loop().call_later(
+            self.ping_timeout, self._nick_change_unanswered, rec)
+
+    def _end_nick_change(self, rec: TrackedRoom, *, check: bool = False) -> None:
+        """`check`: the answer suggests the room lost us: self-ping at once."""
+        rec.nick_change_pending = False
+        rec.pending_nick = None
+        if rec.nick_timer is not None:
+            rec.nick_timer.cancel()
+            rec.nick_timer = None
+        if check:
+            self._ping_soon(rec)
+
+    @_never_raises
+    def _nick_change_unanswered(self, rec: TrackedRoom) -> None:
+        rec.nick_timer = None
+        if rec.nick_change_pending:
+            logger.info("%s: no answer to our nick change to %r", rec.jid, rec.pending_nick)
+            self._end_nick_change(rec, check=True)
+
     def _nick_changed(self, rec: TrackedRoom, nick: str) -> None:
         logger.info("%s: our nick is now %r", rec.jid, nick)
         rec.nick = nick
-        rec.nick_change_pending = False
-        rec.pending_nick = None
+        self._end_nick_change(rec)
         if nick == rec.preferred_nick:
             rec.preferred_nick = None
             if rec.reclaim_timer is not None:
@@ -643,14 +691,12 @@ class GuardEngine:
         self._arm_reclaim(rec)
 
     async def _request_nick(self, rec: TrackedRoom, nick: str) -> None:
-        rec.nick_change_pending = True
-        rec.pending_nick = nick
+        self._begin_nick_change(rec, nick)
         try:
             await rec.room.set_nick(nick)
         except (ConnectionError, aioxmpp.errors.XMPPError) as exc:
             logger.info("%s: cannot ask for nick %r: %r", rec.jid, nick, exc)
-            rec.nick_change_pending = False
-            rec.pending_nick = None
+            self._end_nick_change(rec)
 
     # --- stream --------------------------------------------------------------------
 
@@ -941,16 +987,42 @@ class GuardEngine:
     # --- joining ---------------------------------------------------------------------
 
     def _start_joining(self, rec: TrackedRoom, delay: float, failures: int = 0) -> None:
-        if self._closed or (rec.join_task is not None and not rec.join_task.done()):
+        if self._closed:
             return
-        rec.join_task = self._spawn(self._keep_joining(rec, delay, failures))
+        if rec.join_task is not None and not rec.join_task.done():
+            # The running loop may be past its last check (e.g. reading the
+            # archive after a join): it hands over when it ends.
+            rec.next_join = (delay, failures)
+            return
+        rec.next_join = None
+        rec.join_task = self._spawn(self._keep_joining(rec, delay, failures),
+                                    name=join_task_name(rec.jid))
 
     async def _keep_joining(self, rec: TrackedRoom, delay: float, failures: int = 0) -> None:
+        crashed = False
         try:
             await self._join_loop(rec, delay, failures)
+        except Exception:
+            crashed = True
+            logger.exception("%s: join loop failed unexpectedly", rec.jid)
         finally:
             if rec.join_task is asyncio.current_task():
                 rec.join_task = None    # a finished task is half a KiB per room
+                self._join_loop_ended(rec, crashed)
+
+    def _join_loop_ended(self, rec: TrackedRoom, crashed: bool) -> None:
+        """Whatever ended a join loop (success, failure, cancellation, or a
+        drop while it was still reading the archive), a wanted room that is
+        not joined gets the next one: no state may leave it with none."""
+        pending, rec.next_join = rec.next_join, None
+        if (self._closed or self._rooms.get(rec.jid) is not rec or not rec.wanted
+                or rec.state is State.JOINED):
+            return
+        delay, failures = pending if pending is not None else (0.0, 0)
+        if crashed:
+            failures += 1
+            delay = max(delay, self.backoff.delay(failures))
+        self._start_joining(rec, delay, failures)
 
     async def _join_loop(self, rec: TrackedRoom, delay: float, failures: int) -> None:
         permanent = 0
@@ -978,12 +1050,12 @@ class GuardEngine:
                 if not classify_join_error(condition, _error_type(exc)):
                     permanent = 0
                     logger.info("%s: join failed (%s), will retry", rec.jid, condition)
-                elif condition == "conflict" and rec.confirmed and not rec.waiters:
+                elif not rec.confirmed:
+                    self._join_refused(rec, exc)   # a bad join(): raised, not kept
+                    return
+                elif condition == "conflict":
                     conflicts += 1
                     self._nick_conflict(rec, conflicts)
-                elif rec.waiters or not rec.confirmed:
-                    self._join_refused(rec, exc)
-                    return
                 else:
                     permanent += 1
                     logger.warning("%s: join refused (%s), %d/%d", rec.jid, condition,
@@ -1204,7 +1276,7 @@ class GuardEngine:
                         room.me.nick, rec.nick)
             rec.nick = room.me.nick
         rec.confirmed = True
-        rec.nick_change_pending = False
+        self._end_nick_change(rec)
         now = time.time()
         if rec.last_dropped is not None and (rec.last_joined is None
                                              or rec.last_joined < rec.last_dropped):
@@ -1262,19 +1334,15 @@ class GuardEngine:
                 logger.debug("cannot quiet aioxmpp's self-ping", exc_info=True)
 
     def _join_refused(self, rec: TrackedRoom, exc: aioxmpp.errors.XMPPError) -> None:
-        """A permanent error on an explicit join(): raise it, do not keep the room."""
+        """A permanent error on the first join() of a room never joined:
+        raise it, do not keep the room. (A known room follows the rejoin
+        rules, and only _give_up ends it.)"""
         logger.warning("%s: join refused (%s)", rec.jid, error_condition(exc))
         self._fail_waiters(rec, exc)
         rec.room = None
-        if rec.confirmed:
-            # Wanted again after giving up: back to where it was, with the reason.
-            rec.state = State.GAVE_UP
-            rec.last_cause = Cause.JOIN_ERROR
-            self._mark(rec, now=True)
-        else:
-            self._rooms.pop(rec.jid, None)
-            if self._writer is not None:
-                self._writer.mark_deleted(rec.jid)
+        self._rooms.pop(rec.jid, None)
+        if self._writer is not None:
+            self._writer.mark_deleted(rec.jid)
 
     @staticmethod
     def _fail_waiters(rec: TrackedRoom, exc: BaseException) -> None:
@@ -1302,8 +1370,8 @@ class GuardEngine:
         except StoreError:
             pass  # logged by the writer, which keeps the change and retries
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

@@ -34,7 +34,7 @@ from .selfping import PingJudge
 if TYPE_CHECKING:  # pragma: no cover
     import aioxmpp.muc
 
-__all__ = ["State", "RoomInfo", "TrackedRoom"]
+__all__ = ["State", "RoomInfo", "TrackedRoom", "merge_stored"]
 
 
 class State(enum.Enum):
@@ -89,6 +89,8 @@ class TrackedRoom:
     ping_timer: asyncio.TimerHandle | None = None
     ping_task: "asyncio.Task[None] | None" = None
     join_task: "asyncio.Task[None] | None" = None
+    #: (delay, failures) of a join loop asked for while one was still running
+    next_join: tuple[float, int] | None = None
     #: futures of join() callers waiting for this room
     waiters: list["asyncio.Future[Any]"] = dataclasses.field(default_factory=list)
     #: set after a drop or a restore: the next successful join fires on_rejoined
@@ -98,6 +100,8 @@ class TrackedRoom:
     nick_change_pending: bool = False
     #: the nick asked for in a change still unanswered
     pending_nick: str | None = None
+    #: ends a nick change that gets no answer (after ping_timeout)
+    nick_timer: asyncio.TimerHandle | None = None
     #: set while we hold a fallback nick: the nick to win back
     preferred_nick: str | None = None
     reclaim_timer: asyncio.TimerHandle | None = None
@@ -138,6 +142,9 @@ class TrackedRoom:
         )
 
     def cancel_timers(self) -> None:
+        if self.nick_timer is not None:
+            self.nick_timer.cancel()
+            self.nick_timer = None
         if self.reclaim_timer is not None:
             self.reclaim_timer.cancel()
             self.reclaim_timer = None
@@ -147,3 +154,38 @@ class TrackedRoom:
         if self.ping_task is not None and not self.ping_task.done():
             self.ping_task.cancel()
         self.ping_task = None
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def merge_stored(rec: TrackedRoom, stored: TrackedRoom) -> None:
+    """Fold a stored record into one join() made before the store was open.
+
+    The record in memory says what the bot wants now (nick, password,
+    wanted); the stored one what was learnt before (where its messages
+    stand, drops, the archive, the nick the room gave). An empty record must
+    not overwrite that knowledge, or the next rejoin asks for no history and
+    everything said while the bot was down is lost.
+    """
+    rec.confirmed = True
+    rec.drops += stored.drops          # memory counted this process only
+    if rec.last_cause is None:
+        rec.last_cause = stored.last_cause
+    rec.last_joined = _latest(rec.last_joined, stored.last_joined)
+    rec.last_dropped = _latest(rec.last_dropped, stored.last_dropped)
+    if stored.added is not None and (rec.added is None or stored.added < rec.added):
+        rec.added = stored.added
+    if rec.last_downtime is None:
+        rec.last_downtime = stored.last_downtime
+    if rec.has_archive is None:
+        rec.has_archive = stored.has_archive
+    if rec.password is None:
+        rec.password = stored.password
+    if rec.position.last_ts is None and rec.position.last_id is None:
+        rec.position = stored.position
+        if rec.stream is not None and rec.stream.delivered == 0:
+            rec.stream = None          # rebuilt from the stored position
+    if rec.state is not State.JOINED and rec.requested_nick == stored.requested_nick:
+        rec.nick = stored.nick         # the nick the room gave us (210)

@@ -10,6 +10,7 @@ import aioxmpp
 import pytest
 
 import muc_guard
+from muc_guard.invariants import violations
 from prosody import ProsodyServer, connected, stop_client
 
 #: Run a test against the shared server with TLS required and the certificate
@@ -44,8 +45,16 @@ class Bot:
         return self
 
     async def stop(self) -> None:
+        self.check_invariants()
         await self.guard.shutdown()
         await stop_client(self.client)
+
+    def violations(self) -> list[str]:
+        """Broken invariants of the guard's rooms (muc_guard.invariants)."""
+        return violations(self.guard._guard)
+
+    def check_invariants(self) -> None:
+        assert self.violations() == []
 
     def kinds(self, jid: aioxmpp.JID | None = None) -> list[str]:
         return [kind for _, kind, j, _ in self.events if jid is None or j == jid]

@@ -32,6 +32,7 @@ async def bot(make_client, account):
     b = await Bot(make_client, jid, password).start()
     b.jid = jid
     yield b
+    b.check_invariants()
     await b.guard.shutdown()
 
 

@@ -12,6 +12,7 @@ import asyncio
 import aioxmpp
 
 import muc_guard
+from muc_guard.invariants import violations
 from stanzas import parse, self_available, self_unavailable
 
 ROOM = "room@conference.localhost"
@@ -66,6 +67,10 @@ class Harness:
         await self.pending(room)
         self.feed(self_available(room, nick))
         await self.settle()
+
+    def violations(self) -> list[str]:
+        """Broken invariants (muc_guard.invariants): [] after every scenario."""
+        return violations(self.guard._guard)
 
     def state(self) -> muc_guard.RoomInfo:
         info = self.guard.room_info(ROOM)

@@ -25,6 +25,8 @@ from harness import ROOM, ROOM_JID, Harness
 async def h():
     harness = Harness()
     yield harness
+    await harness.settle()
+    assert harness.violations() == []
     await harness.guard.shutdown()
 
 
@@ -464,3 +466,79 @@ async def test_shutdown_during_a_join_attempt_is_not_a_timeout(h, caplog):
                 and ("JoinTimeout" in r.getMessage() or r.levelname == "ERROR")]
     with pytest.raises(KeyError):
         h.muc.get_muc(ROOM_JID)                  # the pending join was withdrawn
+
+
+def record_sends(h) -> list[Any]:
+    """Replace the client's send: stanzas are recorded, pings answered (joined)."""
+    sent: list[Any] = []
+
+    async def fake_send(stanza, timeout=None):
+        sent.append(stanza)
+        return None
+
+    h.client.send = fake_send
+    return sent
+
+
+def pings(sent: list[Any]) -> int:
+    return sum(isinstance(getattr(s, "payload", None), aioxmpp.ping.Ping) for s in sent)
+
+
+async def test_an_unanswered_nick_change_ends_after_ping_timeout(h):
+    """No answer to a nick change: after ping_timeout it is over, and the
+    self-pings it held back go out (one at once: the room may have lost us)."""
+    await h.joined()
+    sent = record_sends(h)
+    h.guard.ping_idle = 60.0
+    h.guard.ping_timeout = 0.2
+    await h.guard.set_nick(ROOM, "bot2")
+    assert pings(sent) == 0
+    await asyncio.sleep(0.4)
+    assert pings(sent) == 1
+    assert h.state().nick == "bot"
+
+
+@pytest.mark.parametrize("answer", [
+    self_unavailable(ROOM, "bot2", 110),
+    self_unavailable(ROOM, "bot2"),
+    f"<presence from='{ROOM}/bot2' type='error'><error type='cancel'>"
+    "<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>",
+])
+async def test_a_nick_change_answered_unavailable_or_error_pings_at_once(h, answer):
+    await h.joined()
+    sent = record_sends(h)
+    h.guard.ping_idle = 60.0
+    await h.guard.set_nick(ROOM, "bot2")
+    h.feed(answer)
+    await h.settle()
+    assert pings(sent) == 1
+    assert (h.state().state, h.state().nick) == (State.JOINED, "bot")
+
+
+async def test_set_nick_to_the_held_nick_sends_nothing(h):
+    await h.joined("bot_given", 210)
+    sent = record_sends(h)
+    await h.guard.set_nick(ROOM, "bot_given")
+    assert sent == []
+    assert (h.state().nick, h.state().requested_nick) == ("bot_given", "bot_given")
+
+
+async def test_a_self_presence_under_the_old_nick_ends_a_nick_change(h):
+    """The room kept us under the old nick (it ignored the change)."""
+    await h.joined()
+    sent = record_sends(h)
+    h.guard.ping_idle = 0.2
+    await h.guard.set_nick(ROOM, "bot2")
+    h.feed(self_available(ROOM, "bot"))
+    await asyncio.sleep(0.4)
+    assert pings(sent) >= 1
+    assert h.state().nick == "bot"
+
+
+async def test_110_from_a_nick_we_did_not_ask_for_is_not_adopted(h):
+    await h.joined()
+    record_sends(h)
+    await h.guard.set_nick(ROOM, "bot2")
+    h.feed(self_available(ROOM, "someone"))
+    await h.settle()
+    assert h.state().nick == "bot"
