@@ -19,7 +19,10 @@ archive) and delivers only those it accepts. Identity is the room's XEP-0359
 stanza-id where the room stamps one. Without one, a delayed copy (history)
 counts as a duplicate of a message already delivered with the same sender and
 body within :data:`DIGEST_TOLERANCE` seconds, because a live message carries
-no timestamp of its own and the two clocks differ a little. The last
+no timestamp of its own: it is timed on receipt, on the server's clock as far
+as :mod:`muc_guard.clock` knows it. Only the room's own ``<delay/>`` on a copy
+it replays is believed: any occupant can put a ``<delay/>`` on a live
+message. The last
 delivered position (stanza-id and timestamp) is what the store remembers, so
 after a drop or a restart recovery starts right after it.
 """
@@ -38,7 +41,8 @@ import aioxmpp
 __all__ = ["Position", "RoomStream", "message_facts", "digest", "DIGEST_TOLERANCE",
            "recent_to_json", "recent_from_json"]
 
-#: Seconds by which a history copy's stamp may differ from our receipt time.
+#: Seconds by which a history copy's stamp may differ from our receipt time
+#: (on the server's clock, as learnt by muc_guard.clock: within a second or so).
 DIGEST_TOLERANCE = 5.0
 #: The deduplication window. A copy comes back only as history (since our
 #: position minus DIGEST_TOLERANCE) or as live traffic buffered during an
@@ -58,7 +62,9 @@ class Position:
     """Where a room's stream stands: the last delivered message."""
 
     last_id: str | None = None     #: the room's stanza-id of it, if any
-    last_ts: float | None = None   #: its UNIX timestamp (the room's, or our receipt)
+    #: its UNIX timestamp on the server's clock (the room's stamp of a
+    #: replayed copy, else the server's time when it reached us)
+    last_ts: float | None = None
     #: (digest, timestamp) of the messages delivered just before, so that a
     #: restarted bot recognises their history copies in rooms without ids
     recent: tuple[tuple[str, float], ...] = ()
@@ -104,25 +110,35 @@ def digest(nick: str, body: str) -> str:
     return _key_to_hex(_digest_key(nick, body))
 
 
-def message_facts(message: aioxmpp.Message, room: aioxmpp.JID,
-                  now: float) -> tuple[str | None, float, bool]:
-    """(room's stanza-id, timestamp, delayed) of a message from `room`."""
+def message_facts(message: aioxmpp.Message, room: aioxmpp.JID, now: float, *,
+                  replay: bool = False) -> tuple[str | None, float, bool]:
+    """(room's stanza-id, timestamp, delayed) of a message from `room`.
+
+    Only a copy the room replays (`replay`: history while joining) has a
+    time of its own: the ``<delay/>`` the room itself added (``from`` is the
+    room's JID). Any other ``<delay/>`` is the sender's claim, and a live
+    message is timed at receipt (`now`). The time never passes `now`: a
+    position ahead of the server's clock would make every later history
+    request miss what it should return.
+    """
     stanza_id = None
     for sid in getattr(message, "xep0359_stanza_ids", None) or ():
         if sid.by == room and sid.id_:
             stanza_id = sid.id_
             break
+    if not replay:
+        return stanza_id, now, False
     delay = getattr(message, "xep0203_delay", None)
     stamp = None
     for item in (delay if isinstance(delay, list) else [delay] if delay else []):
-        if item is not None and item.stamp is not None:
+        if item is not None and item.stamp is not None and item.from_ == room:
             stamp = item.stamp
             break
     if stamp is None:
         return stanza_id, now, False
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=datetime.timezone.utc)
-    return stanza_id, stamp.timestamp(), True
+    return stanza_id, min(stamp.timestamp(), now), True
 
 
 class RoomStream:
@@ -136,7 +152,7 @@ class RoomStream:
     """
 
     __slots__ = ("room", "position", "_keys", "_stamps", "_base",
-                 "recovering", "buffer", "delivered")
+                 "recovering", "buffer", "delivered", "replaying")
 
     def __init__(self, room: aioxmpp.JID, position: Position | None = None) -> None:
         self.room = room
@@ -148,10 +164,28 @@ class RoomStream:
             self._remember(_id_key(self.position.last_id), self.position.last_ts or 0.0)
         for key, ts in self.position.recent:
             self._remember(_key_from_hex(key), ts)
-        #: while True, live messages wait in :attr:`buffer` (archive fetch running)
+        #: while True, live messages wait in :attr:`buffer` (archive fetch
+        #: running) with the server's time at their receipt
         self.recovering = False
-        self.buffer: list[aioxmpp.Message] | None = None
+        self.buffer: list[tuple[aioxmpp.Message, float]] | None = None
         self.delivered = 0
+        #: True from a join that asked for history until the room ends its
+        #: replay (the subject, or a message the room did not stamp)
+        self.replaying = False
+
+    def is_replay(self, message: aioxmpp.Message) -> bool:
+        """Whether `message` is a history copy the room replays on our join:
+        it arrives during the replay and carries the room's own ``<delay/>``
+        (Prosody strips an occupant's ``<delay/>`` that names the room).
+        The first message without one ends the replay, as XEP-0045 §7.2.14
+        sends all history before the subject and any live traffic."""
+        if not self.replaying:
+            return False
+        for item in getattr(message, "xep0203_delay", None) or ():
+            if item is not None and item.from_ == self.room and item.stamp is not None:
+                return True
+        self.replaying = False
+        return False
 
     def _tenths(self, ts: float) -> int:
         return round((ts - self._base) * 10)
@@ -195,18 +229,20 @@ class RoomStream:
             if abs(stamps[i] - at) <= tolerance:
                 return True
 
-    def accept(self, message: aioxmpp.Message, *, now: float,
+    def accept(self, message: aioxmpp.Message, *, now: float, replay: bool = False,
                archive_id: str | None = None, stamp: float | None = None) -> bool:
         """True when `message` is new: remember it and advance the position.
 
-        `archive_id` and `stamp` come from a XEP-0313 result (which wraps the
-        message and stamps it outside).
+        `now` is the server's time at receipt; `replay` says the room is
+        replaying history (see :func:`message_facts`). `archive_id` and
+        `stamp` come from a XEP-0313 result (which wraps the message and
+        stamps it outside); the stamp, too, never passes `now`.
         """
-        stanza_id, ts, delayed = message_facts(message, self.room, now)
+        stanza_id, ts, delayed = message_facts(message, self.room, now, replay=replay)
         if archive_id is not None:
             stanza_id, delayed = archive_id, True
         if stamp is not None:
-            ts = stamp
+            ts = min(stamp, now)
         if stanza_id is not None:
             key = _id_key(stanza_id)
             if self._seen(key):

@@ -58,8 +58,10 @@ import aioxmpp.ping
 from . import mam, redact
 from .closer import StoreCloser
 from .inbound import sanitize_message, sanitize_presence
-from .instant import CreationWatch, settle_created_room
+from .clock import ServerClock
 from .continuity import DIGEST_TOLERANCE, RoomStream, message_facts
+from .instant import CreationWatch, settle_created_room
+from .recovery import read_archive
 from .policy import (
     Cause,
     Decision,
@@ -257,6 +259,8 @@ class GuardEngine:
         #: stream) before joining it again; see _still_joined
         self.probe_before_rejoin = True
         self.probe_timeout = 5.0
+        #: the MUC services' clocks: positions are kept in the server's time
+        self.clock = ServerClock(client)
 
         stream = client.stream
         self._connections = [
@@ -548,8 +552,11 @@ class GuardEngine:
                     self._ping_soon(rec)
                 else:
                     self._saw_traffic(rec)
-                    if kind is _GROUPCHAT and message.body:
-                        self._offer(rec, message)
+                    if kind is _GROUPCHAT:
+                        if message.body:
+                            self._offer(rec, message)
+                        elif message.subject and rec.stream is not None:
+                            rec.stream.replaying = False   # the subject ends the history
         except Exception:
             logger.exception("muc_guard: cannot inspect message %r (ignored)", message)
         return message
@@ -561,21 +568,25 @@ class GuardEngine:
 
     def _offer(self, rec: TrackedRoom, message: aioxmpp.Message,
                archive_id: str | None = None, stamp: float | None = None,
-               recovered: bool | None = None) -> None:
-        """Deliver `message` through on_message unless it was delivered before."""
+               recovered: bool | None = None, received: float | None = None) -> None:
+        """Deliver `message` through on_message unless it was delivered before.
+        `received`: the server's time when it reached us, if not now."""
         stream = self._stream(rec)
+        now = self.clock.now(rec.jid.domain) if received is None else received
         if stream.recovering and archive_id is None:
             if stream.buffer is None:
                 stream.buffer = []
-            stream.buffer.append(message)      # after what the archive returns
+            stream.buffer.append((message, now))      # after what the archive returns
             return
-        if not stream.accept(message, now=time.time(), archive_id=archive_id, stamp=stamp):
+        replay = archive_id is None and stream.is_replay(message)
+        if not stream.accept(message, now=now, replay=replay, archive_id=archive_id,
+                             stamp=stamp):
             return
         rec.position = stream.position
         if self._writer is not None:
             self._writer.mark(rec, lazy=True)
         if recovered is None:
-            recovered = archive_id is not None or bool(message.xep0203_delay)
+            recovered = archive_id is not None or replay
         own = message.from_ is not None and message.from_.resource == rec.nick
         self._owner.on_message(rec.jid, message, recovered=recovered, own=own)
 
@@ -708,6 +719,7 @@ class GuardEngine:
     @_never_raises
     def _on_stream_established(self) -> None:
         self._stream_up.set()
+        self.clock.new_stream()
         self._ensure_watchdog()
         if self.stable_resource:
             self._spawn(self._remember_resource())
@@ -1124,6 +1136,7 @@ class GuardEngine:
 
     async def _attempt(self, rec: TrackedRoom) -> aioxmpp.muc.Room:
         async with self._join_waves:
+            await self.clock.learn(rec.jid.domain)   # once per stream and service
             archive = await self._archive_usable(rec)
             self._release_aioxmpp_room(rec.jid)
             history = (aioxmpp.muc.xso.History(maxchars=0, maxstanzas=0) if archive
@@ -1131,6 +1144,8 @@ class GuardEngine:
             stream = self._stream(rec)
             # With an archive, live messages wait until the archive has been read.
             stream.recovering = archive
+            stream.replaying = not archive
+            stream.buffer = None    # what waited for an earlier join comes back from there
             room, fut = self.muc.join(rec.jid, rec.nick, password=rec.password,
                                       history=history, autorejoin=False)
             rec.room = room
@@ -1158,7 +1173,7 @@ class GuardEngine:
                 if not room.muc_joined:
                     raise _ExitedDuringJoin()   # removed again before the join completed
             except BaseException:
-                stream.recovering = False
+                stream.recovering = stream.replaying = False
                 stream.buffer = None
                 raise
             return room
@@ -1194,67 +1209,94 @@ class GuardEngine:
 
     async def _recover_from_archive(self, rec: TrackedRoom) -> None:
         """Deliver what the archive holds after our position, then what
-        arrived live meanwhile; duplicates fall out by stanza-id."""
+        arrived live meanwhile; duplicates fall out by stanza-id. A read that
+        ends early is retried with backoff from where it ended, live messages
+        waiting behind it (see muc_guard.recovery)."""
         stream = self._stream(rec)
-        position = stream.position
-        since = self._recover_since(rec)
-        found: list[mam.ArchivedMessage] = []
-        complete = True
-        lost_stream = False
-        try:
-            try:
-                found, complete = await mam.fetch(
-                    self.client, rec.jid, after_id=position.last_id,
-                    since=None if position.last_id else since,
-                    page_size=self.archive_page_size, limit=self.archive_limit,
-                    timeout=self.join_timeout)
-            except mam.ArchiveGapError:
-                # Our last id expired from the archive (or never was in it).
-                found, complete = await mam.fetch(
-                    self.client, rec.jid, since=since, page_size=self.archive_page_size,
-                    limit=self.archive_limit, timeout=self.join_timeout)
-        except mam.ArchiveError as exc:
-            found, complete = exc.messages, False
-            logger.warning("%s: archive recovery failed (%s): messages may be missing",
-                           rec.jid, exc)
-        except (ConnectionError, TimeoutError) as exc:
-            complete = False
-            lost_stream = isinstance(exc, ConnectionError)
-            logger.warning("%s: archive recovery interrupted (%r)", rec.jid, exc)
-        finally:
-            stream.recovering = False
-        if lost_stream:
-            # The rejoin after the reconnect reads the archive again from our
-            # position, and what arrived live meanwhile comes back from there
-            # in order. Delivered now, it would move the position past what
-            # the archive has not returned yet, and that would be lost.
-            stream.buffer = None
-            return
-        if not complete and found:
+        room = rec.room
+        failures = 0
+        total = 0
+        while True:
+            read = await read_archive(
+                self.client, rec.jid, stream.position, self._recover_since(rec),
+                page_size=self.archive_page_size, limit=self.archive_limit - total,
+                timeout=self.join_timeout)
+            if self._stale_recovery(rec, room):
+                return
+            self._deliver_archived(rec, read.found)
+            total += len(read.found)
+            if read.lost_stream:
+                # The rejoin after the reconnect reads the archive again from our
+                # position, and what arrived live meanwhile comes back from there
+                # in order. Delivered now, it would move the position past what
+                # the archive has not returned yet, and that would be lost.
+                stream.recovering, stream.buffer = False, None
+                return
+            if not read.retry or total >= self.archive_limit:
+                break
+            failures += 1
+            delay = self.backoff.delay(failures)
+            logger.warning("%s: archive recovery incomplete; reading on from the last "
+                           "recovered message in %.1f s (attempt %d)", rec.jid, delay,
+                           failures + 1)
+            await asyncio.sleep(delay)
+            if self._stale_recovery(rec, room):
+                return
+        if read.error is not None:
+            logger.warning("%s: the archive refused the rest (%s): messages may be missing",
+                           rec.jid, read.error)
+        elif not read.complete and total:
             logger.warning("%s: archive recovery stopped after %d message(s) "
-                           "(archive_limit)", rec.jid, len(found))
-        # What also reached us live while we read the archive was not missed.
-        now = time.time()
+                           "(archive_limit)", rec.jid, total)
+        stream.recovering = False
+        buffered, stream.buffer = stream.buffer or [], None
+        for message, received in buffered:
+            self._offer(rec, message, received=received)
+        logger.info("%s: recovered %d message(s) from the archive", rec.jid, total)
+
+    def _stale_recovery(self, rec: TrackedRoom, room: aioxmpp.muc.Room | None) -> bool:
+        """Whether the join a recovery belongs to is over. A newer join owns
+        the stream and reads the archive again itself; without one, live
+        messages stop waiting (the next rejoin reads from the position)."""
+        if self._rooms.get(rec.jid) is not rec:
+            return True
+        if rec.room is not room and rec.room is not None:
+            return True
+        if room is None or rec.room is None or not room.muc_joined \
+                or not self._stream_up.is_set():
+            stream = self._stream(rec)
+            stream.recovering, stream.buffer = False, None
+            return True
+        return False
+
+    def _deliver_archived(self, rec: TrackedRoom, found: list[mam.ArchivedMessage]) -> None:
+        """Deliver archived messages in order; those that also reached us
+        live while we read were not missed (`recovered` false)."""
+        stream = self._stream(rec)
+        if not found:
+            return
+        now = self.clock.now(rec.jid.domain)
         live_ids = {message_facts(message, rec.jid, now)[0]
-                    for message in stream.buffer or ()}
+                    for message, _ in stream.buffer or ()}
         for item in found:
             self._offer(rec, item.message, archive_id=item.archive_id,
                         stamp=item.timestamp.timestamp(),
                         recovered=item.archive_id not in live_ids)
-        buffered, stream.buffer = stream.buffer or [], None
-        for message in buffered:
-            self._offer(rec, message)
-        logger.info("%s: recovered %d message(s) from the archive", rec.jid, len(found))
 
-    @staticmethod
-    def _recover_since(rec: TrackedRoom) -> datetime.datetime | None:
-        """From when to recover: the last delivered message, or, when none was
-        delivered (a quiet room, or a crash before the lazy position write),
-        the last successful join, which is stored at once. None on a first
-        join: a bot has missed nothing before it ever joined."""
-        last = rec.position.last_ts if rec.position.last_ts is not None else rec.last_joined
+    def _recover_since(self, rec: TrackedRoom) -> datetime.datetime | None:
+        """From when to recover, on the server's clock: the last delivered
+        message, or, when none was delivered (a quiet room, or a crash before
+        the lazy position write), the last successful join, which is stored
+        at once. None on a first join: a bot has missed nothing before it
+        ever joined. Never after the server's now (a position from a bad
+        clock or an older muc_guard must not switch recovery off)."""
+        domain = rec.jid.domain
+        last = rec.position.last_ts
+        if last is None and rec.last_joined is not None:
+            last = self.clock.to_server(rec.last_joined, domain)
         if last is None:
             return None
+        last = min(last, self.clock.now(domain))
         # A little earlier than our own stamp: clocks differ; dedup drops repeats.
         return datetime.datetime.fromtimestamp(last - DIGEST_TOLERANCE,
                                                tz=datetime.timezone.utc)

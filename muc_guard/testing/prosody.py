@@ -361,7 +361,9 @@ class ProsodyServer:
             "ports": [],  # mod_net_multiplex
             "ssl_ports": [],
             "modules_enabled": [
-                "roster", "saslauth", "disco", "ping", "admin_shell",
+                # "time" (XEP-0202) as in Prosody's default config: the guard
+                # learns the server's clock from it
+                "roster", "saslauth", "disco", "ping", "time", "admin_shell",
                 *(["smacks"] if self.smacks else []),
                 *(["tls"] if self.tls else []),
             ],
@@ -820,6 +822,21 @@ class ProsodyServer:
 
     async def refused_count(self, room) -> int:
         return await self.call("refused_count", self._room(room))
+
+    async def fail_archive_pages(self, room, *, pass_: int = 1, fail: int = 1,
+                                 mode: str = "error",
+                                 condition: str = "internal-server-error") -> None:
+        """Let the room's next `pass_` archive pages (MAM queries) through,
+        then answer `fail` of them with a ``cancel`` error `condition` (mode
+        "error") or never (mode "drop"); later pages are answered again."""
+        await self.call("fail_archive_pages", self._room(room), pass_, fail, mode, condition)
+
+    async def archive_faults_fired(self, room) -> int:
+        """How many archive pages the fault of `room` failed so far."""
+        return await self.call("archive_faults_fired", self._room(room))
+
+    async def clear_archive_faults(self, room) -> int:
+        return await self.call("clear_archive_faults", self._room(room))
 
     async def sever_c2s(self, full_jid) -> None:
         """Close a client's TCP connection server-side without a stream close

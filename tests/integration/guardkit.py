@@ -102,3 +102,41 @@ async def eventually(predicate, timeout: float = 10.0, interval: float = 0.05) -
         if time.monotonic() > deadline:
             return value
         await asyncio.sleep(interval)
+
+
+def groupchat(text: str) -> aioxmpp.Message:
+    msg = aioxmpp.Message(type_=aioxmpp.MessageType.GROUPCHAT)
+    msg.body[None] = text
+    return msg
+
+
+class Inbox:
+    """What a bot's on_message delivered: (body, recovered, own)."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.items: list[tuple[str, bool, bool]] = []
+        bot.guard.on_message.connect(self.record)
+
+    def record(self, room_jid, message, *, recovered, own):
+        self.items.append((message.body.any(), recovered, own))
+
+    def bodies(self) -> list[str]:
+        return [body for body, _, _ in self.items]
+
+
+async def talker_in(room_jid, server, account, make_client) -> aioxmpp.muc.Room:
+    """Another account, in the room with plain aioxmpp, ready to talk."""
+    jid, password = account("talker", server=server)
+    client = make_client(jid.replace(resource="t"), password, server=server)
+    muc = client.summon(aioxmpp.MUCClient)
+    await connected(client)
+    room, fut = muc.join(room_jid, "talker", autorejoin=False)
+    await fut
+    return room
+
+
+async def send_all(room, texts, pause: float = 0.0):
+    for text in texts:
+        await room.send_message(groupchat(text))
+        if pause:
+            await asyncio.sleep(pause)

@@ -10,53 +10,13 @@ from __future__ import annotations
 
 import asyncio
 
-import aioxmpp
 import pytest
 
-from guardkit import Bot, eventually, occupant_nicks_of
-from prosody import connected
+from guardkit import Bot, Inbox, eventually, occupant_nicks_of, send_all, talker_in
 
 pytestmark = pytest.mark.integration
 
 N = 200
-
-
-def groupchat(text: str) -> aioxmpp.Message:
-    msg = aioxmpp.Message(type_=aioxmpp.MessageType.GROUPCHAT)
-    msg.body[None] = text
-    return msg
-
-
-class Inbox:
-    """What a bot's on_message delivered: (body, recovered, own)."""
-
-    def __init__(self, bot: Bot) -> None:
-        self.items: list[tuple[str, bool, bool]] = []
-        bot.guard.on_message.connect(self.record)
-
-    def record(self, room_jid, message, *, recovered, own):
-        self.items.append((message.body.any(), recovered, own))
-
-    def bodies(self) -> list[str]:
-        return [body for body, _, _ in self.items]
-
-
-async def talker_in(room_jid, server, account, make_client) -> aioxmpp.muc.Room:
-    """Another account, in the room with plain aioxmpp, ready to talk."""
-    jid, password = account("talker", server=server)
-    client = make_client(jid.replace(resource="t"), password, server=server)
-    muc = client.summon(aioxmpp.MUCClient)
-    await connected(client)
-    room, fut = muc.join(room_jid, "talker", autorejoin=False)
-    await fut
-    return room
-
-
-async def send_all(room, texts, pause: float = 0.0):
-    for text in texts:
-        await room.send_message(groupchat(text))
-        if pause:
-            await asyncio.sleep(pause)
 
 
 @pytest.mark.parametrize("archive", [False, True], ids=["history", "archive"])

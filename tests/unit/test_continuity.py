@@ -19,7 +19,8 @@ def groupchat(body: str, *, nick: str = "alice", sid: str | None = None,
 def test_same_stanza_id_is_delivered_once_live_or_as_history():
     stream = RoomStream(ROOM)
     assert stream.accept(groupchat("hi", sid="s1"), now=1000.0)
-    assert not stream.accept(groupchat("hi", sid="s1", stamp="2023-11-14T22:13:20Z"), now=1005.0)
+    assert not stream.accept(groupchat("hi", sid="s1", stamp="2023-11-14T22:13:20Z"), now=1005.0,
+                             replay=True)
     assert stream.accept(groupchat("hi", sid="s2"), now=1006.0)   # same text, new message
     assert stream.position.last_id == "s2"
 
@@ -34,17 +35,19 @@ def test_without_ids_a_history_copy_within_tolerance_is_a_duplicate():
     stream = RoomStream(ROOM)
     live_at = 1700000000.0                      # 2023-11-14T22:13:20Z
     assert stream.accept(groupchat("hello"), now=live_at)
-    assert not stream.accept(groupchat("hello", stamp="2023-11-14T22:13:18Z"), now=live_at + 9)
+    assert not stream.accept(groupchat("hello", stamp="2023-11-14T22:13:18Z"), now=live_at + 9,
+                             replay=True)
     # the same words said again a minute later are a new message
-    assert stream.accept(groupchat("hello", stamp="2023-11-14T22:14:20Z"), now=live_at + 90)
+    assert stream.accept(groupchat("hello", stamp="2023-11-14T22:14:20Z"), now=live_at + 90,
+                         replay=True)
 
 
 def test_history_older_than_the_position_is_dropped_after_a_restart():
     stream = RoomStream(ROOM, Position(None, 1700000000.0))
     old = groupchat("old", stamp="2023-11-14T22:13:00Z")          # 20 s before
     new = groupchat("new", stamp="2023-11-14T22:13:30Z")
-    assert not stream.accept(old, now=1700000100.0)
-    assert stream.accept(new, now=1700000100.0)
+    assert not stream.accept(old, now=1700000100.0, replay=True)
+    assert stream.accept(new, now=1700000100.0, replay=True)
     assert stream.position.last_ts == 1700000010.0
 
 
@@ -75,7 +78,7 @@ def test_window_keeps_everything_within_the_tolerance_up_to_its_cap():
         stream.accept(groupchat(f"m{i}"), now=1001.0 + i / 5000)
     assert len(stream._keys) == WINDOW_MAX
     history_copy = groupchat("m4990", stamp="1970-01-01T00:16:41Z")   # 1001 s
-    assert not stream.accept(history_copy, now=1002.0)
+    assert not stream.accept(history_copy, now=1002.0, replay=True)
     assert DIGEST_TOLERANCE > 0
 
 
@@ -86,9 +89,12 @@ def test_a_restarted_stream_recognises_history_copies_from_stored_digests():
     assert before.accept(groupchat("two"), now=live_at)
     stored = Position(before.position.last_id, before.position.last_ts, before.recent())
     after = RoomStream(ROOM, stored)                 # a new process, same store
-    assert not after.accept(groupchat("one", stamp="2023-11-14T22:13:18Z"), now=live_at + 60)
-    assert not after.accept(groupchat("two", stamp="2023-11-14T22:13:20Z"), now=live_at + 60)
-    assert after.accept(groupchat("three", stamp="2023-11-14T22:13:21Z"), now=live_at + 60)
+    assert not after.accept(groupchat("one", stamp="2023-11-14T22:13:18Z"), now=live_at + 60,
+                            replay=True)
+    assert not after.accept(groupchat("two", stamp="2023-11-14T22:13:20Z"), now=live_at + 60,
+                            replay=True)
+    assert after.accept(groupchat("three", stamp="2023-11-14T22:13:21Z"), now=live_at + 60,
+                        replay=True)
 
 
 def test_recent_digests_are_the_newest_64_oldest_first():
@@ -110,7 +116,7 @@ def test_digests_stored_with_the_low_bit_set_still_match():
     odd = format(int(full, 16) | 1, "016x")
     stream = RoomStream(ROOM, Position(None, 1700000000.0, ((odd, 1700000000.0),)))
     assert not stream.accept(groupchat("hello", stamp="2023-11-14T22:13:20Z"),
-                             now=1700000100.0)
+                             now=1700000100.0, replay=True)
     assert digest("alice", "hello") in (full, format(int(full, 16) & ~1, "016x"))
 
 
@@ -123,3 +129,38 @@ def test_recent_json_is_what_the_store_wrote_before():
         stream.accept(groupchat(f"m{i}"), now=1700000000.0 + i * 0.37)
         assert stream.recent_json() == recent_to_json(stream.recent())
     assert recent_from_json(stream.recent_json()) == stream.recent()
+
+
+def test_a_live_message_is_timed_on_receipt_whatever_delay_it_carries():
+    """Issue 12, defect 2: an occupant's <delay/> (even one naming the room,
+    on a server that does not strip it) does not time a live message."""
+    stream = RoomStream(ROOM)
+    forged = groupchat("future", stamp="2099-01-01T00:00:00Z")
+    assert stream.accept(forged, now=1700000000.0)
+    assert stream.position.last_ts == 1700000000.0
+
+
+def test_a_replayed_copy_is_timed_by_the_rooms_delay_only():
+    """Prosody keeps an occupant's own <delay/> and appends the room's:
+    the room's counts, and never past the time of receipt."""
+    forged_then_room = parse(
+        f"<message from='{ROOM}/mallory' to='bot@localhost/r' type='groupchat'>"
+        "<body>x</body><delay xmlns='urn:xmpp:delay' stamp='2099-01-01T00:00:00Z'/>"
+        f"<delay xmlns='urn:xmpp:delay' stamp='2023-11-14T22:13:20Z' from='{ROOM}'/></message>")
+    stream = RoomStream(ROOM)
+    stream.replaying = True
+    assert stream.is_replay(forged_then_room)
+    assert stream.accept(forged_then_room, now=1700000100.0, replay=True)
+    assert stream.position.last_ts == 1700000000.0
+    later = RoomStream(ROOM)
+    assert later.accept(groupchat("y", stamp="2023-11-14T22:15:00Z"), now=1700000000.0,
+                        replay=True)
+    assert later.position.last_ts == 1700000000.0
+
+
+def test_the_replay_ends_with_the_first_message_the_room_did_not_stamp():
+    stream = RoomStream(ROOM)
+    stream.replaying = True
+    assert stream.is_replay(groupchat("old", stamp="2023-11-14T22:13:20Z"))
+    assert not stream.is_replay(groupchat("live"))
+    assert not stream.is_replay(groupchat("late", stamp="2023-11-14T22:13:20Z"))

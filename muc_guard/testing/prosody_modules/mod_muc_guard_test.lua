@@ -343,6 +343,47 @@ module:hook("presence/full", function (event)
 	return true;
 end, 20);
 
+-- Archive faults for fail_archive_pages(): archive_faults[room_jid] =
+-- { pass, fail, mode, condition, passed, failed }: the room's next `pass`
+-- archive queries (pages) are answered normally, the `fail` after them with
+-- an error (mode "error") or not at all (mode "drop"), and the rest
+-- normally again.  Runs before mod_muc_mam's handler.
+local archive_faults = {};
+
+function api.fail_archive_pages(room_jid, pass, fail, mode, condition)
+	archive_faults[room_jid_of(room_jid)] = { pass = pass or 0, fail = fail or 1,
+		mode = mode or "error", condition = condition or "internal-server-error",
+		passed = 0, failed = 0 };
+	return true;
+end
+
+function api.clear_archive_faults(room_jid)
+	local jid = room_jid_of(room_jid);
+	local fault = archive_faults[jid];
+	archive_faults[jid] = nil;
+	return fault and fault.failed or 0;
+end
+
+function api.archive_faults_fired(room_jid)
+	local fault = archive_faults[room_jid_of(room_jid)];
+	return fault and fault.failed or 0;
+end
+
+module:hook("iq-set/bare/urn:xmpp:mam:2:query", function (event)
+	local stanza = event.stanza;
+	local fault = archive_faults[jid_bare(stanza.attr.to)];
+	if not fault then return; end
+	if fault.passed < fault.pass then fault.passed = fault.passed + 1; return; end
+	if fault.failed >= fault.fail then return; end
+	fault.failed = fault.failed + 1;
+	module:log("info", "archive fault %d/%d (%s) on %s", fault.failed, fault.fail,
+		fault.mode, stanza.attr.to);
+	if fault.mode == "error" then
+		event.origin.send(st.error_reply(stanza, "cancel", fault.condition));
+	end
+	return true;
+end, 10);
+
 -- Cut a client's TCP connection without a stream close (server side), like a
 -- network failure.  With mod_smacks the session hibernates (a ghost).
 function api.sever_c2s(full_jid)
