@@ -56,10 +56,21 @@ class _Me:
         self.nick = nick
 
 
+class _EnteredSignal:
+    """Stands in for Room.on_muc_enter: a stand-in room is entered already,
+    so nothing connected to it ever fires (aioxmpp's would fire once)."""
+
+    __slots__ = ()
+
+    def connect(self, listener: Any, mode: Any = None) -> None:
+        return None
+
+
 class _Room:
     """Stands in for aioxmpp.muc.Room: what the guard reads of a joined room."""
 
     __slots__ = ("jid", "me", "muc_joined", "__weakref__")
+    on_muc_enter = _EnteredSignal()
 
     def __init__(self, jid: aioxmpp.JID, nick: str) -> None:
         self.jid = jid

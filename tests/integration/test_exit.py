@@ -222,11 +222,10 @@ async def test_sigint_stops_the_logger_bot_and_flushes(prosody, bots, account, r
     await examples.until(lambda: examples.in_room(prosody, room_jid, "bot"), "logger in",
                          examples.START_TIMEOUT, bot)
     me = await talker()
-    said = time.time()
     me.say("the last word")
     logfile = log_dir / f"{room_jid}.log"
     await examples.until(lambda: examples.log_lines(logfile), "the message logged", 10, bot)
     await stopped_by(bot, signal.SIGINT)     # its position may still wait for its batch
     assert store_state(db)["integrity"] == "ok"
-    assert examples.position_since(db, room_jid, said)
+    assert examples.position_holds(db, room_jid, "talker", "the last word")
     assert store_state(db)["clean"] == {str(jid): 1}
