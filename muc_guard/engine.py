@@ -1123,8 +1123,9 @@ class GuardEngine:
                     since=None if position.last_id else since,
                     page_size=self.archive_page_size, limit=self.archive_limit,
                     timeout=self.join_timeout)
-            except mam.ArchiveGapError:
+            except mam.ArchiveGapError as exc:
                 # Our last id expired from the archive (or never was in it).
+                logger.info("%s: %s; recovering by time instead", rec.jid, exc)
                 found, complete = await mam.fetch(
                     self.client, rec.jid, since=since, page_size=self.archive_page_size,
                     limit=self.archive_limit, timeout=self.join_timeout)
