@@ -1123,9 +1123,8 @@ class GuardEngine:
                     since=None if position.last_id else since,
                     page_size=self.archive_page_size, limit=self.archive_limit,
                     timeout=self.join_timeout)
-            except mam.ArchiveGapError as exc:
+            except mam.ArchiveGapError:
                 # Our last id expired from the archive (or never was in it).
-                logger.info("%s: %s; recovering by time instead", rec.jid, exc)
                 found, complete = await mam.fetch(
                     self.client, rec.jid, since=since, page_size=self.archive_page_size,
                     limit=self.archive_limit, timeout=self.join_timeout)

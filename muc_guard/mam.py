@@ -496,6 +496,8 @@ async def fetch(
             if (pages == 1 and after_id is not None and fin.complete
                     and collector.page_results == 0
                     and not await _holds_newest(client, room, after_id, timeout=timeout)):
+                logger.info("%s: archive answered an empty page after %s, which it no "
+                            "longer holds: a gap", room, after_id)
                 raise ArchiveGapError(
                     f"{room}: archive answered an empty page after id {after_id!r}, "
                     f"but its newest message is another one: it does not hold that id",
