@@ -38,8 +38,12 @@ The results are untrusted input: a result without ``<forwarded/>``,
 ``<delay/>`` or ``<message/>``, a forwarded message that is not from the room,
 or a repeated archive id is skipped with a debug log; the filter never raises.
 An archive that does not know the id we ask to continue after answers
-``item-not-found``, which :func:`fetch` raises as :class:`ArchiveGapError` so
-the caller can retry with a timestamp instead.
+``item-not-found`` (Prosody 0.12, as XEP-0313 requires) or an empty, complete
+page (Prosody 13.0): :func:`fetch` never takes an empty first page as proof,
+but checks that the id is the archive's newest message; either way it raises
+:class:`ArchiveGapError` so the caller can retry with a timestamp instead.
+Results older than a ``start`` bound are dropped (Prosody 13.0 returns its
+newest message for a ``start`` later than every message).
 
 Prosody 0.12 (mod_muc_mam) notes: archive timestamps are whole seconds (so
 ``since`` is rounded down and may return a few messages from the same second
@@ -51,11 +55,13 @@ any room that is not members-only (and does not ban them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Iterator
 
 import aioxmpp
 import aioxmpp.disco
@@ -231,9 +237,11 @@ def _aware_utc(when: datetime) -> datetime:
 
 
 def build_query(*, queryid: str, after_id: str | None = None,
-                since: datetime | None = None, max_: int | None = None) -> Query:
+                since: datetime | None = None, max_: int | None = None,
+                last_page: bool = False) -> Query:
     """The ``<query/>`` for one page: `after_id` as RSM ``<after/>``, `since`
-    as the form field ``start`` (with FORM_TYPE), `max_` as RSM ``<max/>``."""
+    as the form field ``start`` (with FORM_TYPE), `max_` as RSM ``<max/>``,
+    `last_page` as an empty RSM ``<before/>`` (the newest messages)."""
     form = None
     if since is not None:
         form = aioxmpp.forms.Data(aioxmpp.forms.DataType.SUBMIT)
@@ -241,11 +249,13 @@ def build_query(*, queryid: str, after_id: str | None = None,
             var="FORM_TYPE", type_=aioxmpp.forms.FieldType.HIDDEN, values=[MAM_NS]))
         form.fields.append(aioxmpp.forms.Field(var="start", values=[format_stamp(since)]))
     rsm = None
-    if after_id is not None or max_ is not None:
+    if after_id is not None or max_ is not None or last_page:
         rsm = aioxmpp.rsm.xso.ResultSetMetadata()
         rsm.max_ = max_
         if after_id is not None:
             rsm.after = aioxmpp.rsm.xso.After(after_id)
+        if last_page:
+            rsm.before = aioxmpp.rsm.xso.Before("")
     return Query(queryid=queryid, form=form, rsm=rsm)
 
 
@@ -253,8 +263,12 @@ class _Collector:
     """The message filter of one :func:`fetch`: takes our results out of the
     stream, checks them, keeps the good ones in arrival (= archive) order."""
 
-    def __init__(self, room: aioxmpp.JID) -> None:
+    def __init__(self, room: aioxmpp.JID, not_before: datetime | None = None) -> None:
         self.room = room
+        #: results archived before this are dropped (a ``start`` bound the
+        #: server did not honour: Prosody 13.0 returns its newest message for
+        #: a ``start`` later than every message)
+        self.not_before = not_before
         self.queryid: str | None = None
         self.messages: list[ArchivedMessage] = []
         self.seen: set[str] = set()
@@ -312,6 +326,10 @@ class _Collector:
         if archive_id in self.seen:
             logger.debug("%s: archive result %s repeated; skipped", self.room, archive_id)
             return
+        if self.not_before is not None and _aware_utc(stamp) < self.not_before:
+            logger.debug("%s: archive result %s is older than the query's start; skipped",
+                         self.room, archive_id)
+            return
         self.seen.add(archive_id)
         self.page_new += 1
         self.messages.append(ArchivedMessage(archive_id, _aware_utc(stamp), message))
@@ -351,6 +369,73 @@ async def archive_advertised(client: aioxmpp.Client, room_jid: aioxmpp.JID | str
     return found
 
 
+@contextlib.contextmanager
+def _collecting(client: aioxmpp.Client, collector: _Collector) -> Iterator[_Collector]:
+    """`collector` filters the client's inbound messages for the duration."""
+    chain = client.stream.app_inbound_message_filter
+    token = chain.register(collector.filter, FILTER_ORDER)
+    try:
+        yield collector
+    finally:
+        collector.queryid = None
+        chain.unregister(token)
+
+
+async def _send_page(client: aioxmpp.Client, room: aioxmpp.JID, query: Query, *,
+                     page: int, cursor: str | None, timeout: float,
+                     messages: list[ArchivedMessage]) -> Fin:
+    """Send one query and return its ``<fin/>``; failures become ArchiveErrors
+    carrying `messages` (what earlier pages delivered)."""
+    iq = aioxmpp.IQ(to=room, type_=aioxmpp.IQType.SET, payload=query)
+    try:
+        fin = await client.send(iq, timeout=timeout)
+    except TimeoutError as exc:
+        raise ArchiveTimeoutError(
+            f"{room}: archive page {page} not answered within {timeout:g} s",
+            room=room, messages=messages) from exc
+    except aioxmpp.errors.XMPPError as exc:
+        condition = _condition(exc)
+        if condition == "item-not-found" and cursor is not None:
+            raise ArchiveGapError(
+                f"{room}: archive does not know id {cursor!r}",
+                room=room, after_id=cursor, messages=messages) from exc
+        raise ArchiveQueryError(f"{room}: archive query refused: {condition}",
+                                room=room, condition=condition, messages=messages) from exc
+    except aioxmpp.errors.ErroneousStanza as exc:
+        raise ArchiveQueryError(f"{room}: malformed reply to archive query",
+                                room=room, condition="malformed-reply",
+                                messages=messages) from exc
+    if not isinstance(fin, Fin):
+        raise ArchiveQueryError(f"{room}: archive query answered without <fin/>",
+                                room=room, condition="malformed-reply", messages=messages)
+    return fin
+
+
+async def _holds_newest(client: aioxmpp.Client, room: aioxmpp.JID, archive_id: str, *,
+                        timeout: float) -> bool:
+    """Whether `archive_id` is the newest message in the room's archive.
+
+    An empty, complete page after an id proves nothing by itself: Prosody
+    0.12 answers an id it does not hold with item-not-found (as XEP-0313
+    requires), Prosody 13.0 with an empty, complete page. Only when the id
+    is the archive's newest message is "nothing after it" true.  (A message
+    archived meanwhile also makes this False: the time-based fallback then
+    reads a little more than needed, and duplicates fall out by id.)"""
+    collector = _Collector(room)
+    with _collecting(client, collector):
+        query = build_query(queryid=collector.new_page(), max_=1, last_page=True)
+        try:
+            await _send_page(client, room, query, page=1, cursor=None, timeout=timeout,
+                             messages=[])
+        except ArchiveQueryError as exc:
+            if exc.condition != "item-not-found":
+                raise
+            # Prosody 13 answers a query with <before/> on an empty archive so.
+    newest = collector.messages[-1].archive_id if collector.messages else None
+    logger.debug("%s: newest archived id %s (we asked after %s)", room, newest, archive_id)
+    return newest == archive_id
+
+
 async def fetch(
     client: aioxmpp.Client,
     room_jid: aioxmpp.JID | str,
@@ -371,7 +456,9 @@ async def fetch(
     with ``after_id=messages[-1].archive_id``).  `timeout` bounds each page.
 
     Raises :class:`ArchiveGapError` if the archive does not know `after_id`
-    (or, between pages, the id it gave us), :class:`ArchiveTimeoutError`,
+    (or, between pages, the id it gave us): answered item-not-found, or an
+    empty page while `after_id` is not the archive's newest message (one more
+    query, ``<before/>`` with max 1, to tell); :class:`ArchiveTimeoutError`,
     :class:`ArchiveQueryError` for any other error reply; all carry the
     messages collected before the failure.  A lost stream raises
     ConnectionError (or aioxmpp's DestructionRequested) as from ``client.send``.
@@ -386,47 +473,35 @@ async def fetch(
     room = room.bare()
     use_since = since if after_id is None else None
 
-    collector = _Collector(room)
-    chain = client.stream.app_inbound_message_filter
-    token = chain.register(collector.filter, FILTER_ORDER)
+    not_before = None
+    if use_since is not None:
+        not_before = _aware_utc(use_since).replace(microsecond=0)
+    collector = _Collector(room, not_before)
     started = time.monotonic()
     pages = 0
     complete = False
     cursor = after_id
-    try:
+    with _collecting(client, collector):
         while True:
             want = min(page_size, limit - len(collector.messages))
             queryid = collector.new_page()
             query = build_query(queryid=queryid, after_id=cursor, since=use_since, max_=want)
-            iq = aioxmpp.IQ(to=room, type_=aioxmpp.IQType.SET, payload=query)
             pages += 1
-            try:
-                fin = await client.send(iq, timeout=timeout)
-            except TimeoutError as exc:
-                raise ArchiveTimeoutError(
-                    f"{room}: archive page {pages} not answered within {timeout:g} s",
-                    room=room, messages=collector.messages) from exc
-            except aioxmpp.errors.XMPPError as exc:
-                condition = _condition(exc)
-                if condition == "item-not-found" and cursor is not None:
-                    raise ArchiveGapError(
-                        f"{room}: archive does not know id {cursor!r}",
-                        room=room, after_id=cursor, messages=collector.messages) from exc
-                raise ArchiveQueryError(f"{room}: archive query refused: {condition}",
-                                        room=room, condition=condition,
-                                        messages=collector.messages) from exc
-            except aioxmpp.errors.ErroneousStanza as exc:
-                raise ArchiveQueryError(f"{room}: malformed reply to archive query",
-                                        room=room, condition="malformed-reply",
-                                        messages=collector.messages) from exc
-            if not isinstance(fin, Fin):
-                raise ArchiveQueryError(f"{room}: archive query answered without <fin/>",
-                                        room=room, condition="malformed-reply",
-                                        messages=collector.messages)
+            fin = await _send_page(client, room, query, page=pages, cursor=cursor,
+                                   timeout=timeout, messages=collector.messages)
             last = fin.rsm.last.value if fin.rsm is not None and fin.rsm.last is not None else None
             logger.debug("%s: archive page %d: %d results (%d new), complete=%s, last=%s",
                          room, pages, collector.page_results, collector.page_new,
                          fin.complete, last)
+            if (pages == 1 and after_id is not None and fin.complete
+                    and collector.page_results == 0
+                    and not await _holds_newest(client, room, after_id, timeout=timeout)):
+                logger.info("%s: archive answered an empty page after %s, which it no "
+                            "longer holds: a gap", room, after_id)
+                raise ArchiveGapError(
+                    f"{room}: archive answered an empty page after id {after_id!r}, "
+                    f"but its newest message is another one: it does not hold that id",
+                    room=room, after_id=after_id)
             if len(collector.messages) > limit:  # the server ignored <max/>
                 del collector.messages[limit:]
                 complete = False
@@ -445,9 +520,6 @@ async def fetch(
                 complete = False
                 break
             cursor = last
-    finally:
-        collector.queryid = None
-        chain.unregister(token)
     logger.info("%s: %d archived messages in %d page(s), %.0f ms, complete=%s",
                 room, len(collector.messages), pages,
                 (time.monotonic() - started) * 1000, complete)

@@ -2,6 +2,10 @@
 #
 #   ensure_system_packages   Prosody + prosody-modules, ejabberd (and python3-venv),
 #                            without letting the packages start a system server
+#   prosody_servers          the Prosody launchers to test against, one per line
+#                            ("VERSION PATH"): the system one, and on Debian 12
+#                            also Prosody 13 (bookworm-backports), unpacked with
+#                            dpkg -x under .venv/prosody13 beside the system 0.12
 #   find_pythons             the python3.11/3.12/3.13 interpreters on this machine
 #   make_venv PY DIR         a venv with muc_guard installed editable with [test]
 #
@@ -118,4 +122,98 @@ for r in m.requires("muc_guard"):
 print(" ".join(reqs))
 PY
 )
+}
+
+# The version of the Prosody behind launcher $1 (from its CFG_SOURCEDIR).
+prosody_version_of() {
+    local src
+    src=$(sed -n "s/^CFG_SOURCEDIR='\(.*\)';*$/\1/p" "$1" | head -n1)
+    cat "${src:-/usr/lib/prosody}/prosody.version" 2>/dev/null
+}
+
+# The Debian mirror the machine's own apt sources use (deb822 or one-line).
+debian_mirror() {
+    local codename="$1" uri
+    uri=$(awk -v c="$codename" '
+        /^URIs:/ { u = $2 } /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == c) { print u; exit } }
+    ' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
+    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+        uri=$(awk -v c="$codename" '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { if ($(i + 1) == c) { print $i; exit } } }' \
+            /etc/apt/sources.list | head -n1)
+    fi
+    printf '%s\n' "$uri"
+}
+
+# Prosody 13 from <codename>-backports, beside the system Prosody: the .deb is
+# fetched with a private apt configuration (the machine's apt sources are not
+# touched), unpacked into $dir and its launchers pointed at the unpacked
+# sources. Its Lua libraries are those the system package pulled in. Prints
+# the launcher; fails loudly when it cannot be had.
+ensure_private_prosody13() {
+    local dir="$1" codename="$2"
+    local launcher="$dir/root/usr/bin/prosody"
+    case "$(prosody_version_of "$launcher" 2>/dev/null)" in
+        13.*) printf '%s\n' "$launcher"; return 0 ;;
+    esac
+    local mirror
+    mirror=$(debian_mirror "$codename")
+    if [ -z "$mirror" ]; then
+        log "ERROR: no apt source for $codename found: cannot fetch Prosody 13"
+        return 1
+    fi
+    log "installing Prosody 13 from $codename-backports into $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir/apt/lists/partial" "$dir/debs" "$dir/root"
+    printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s-backports main\n' \
+        "$mirror" "$codename" > "$dir/apt/sources.list"
+    local apt_opts=(-o Dir::Etc::sourcelist="$dir/apt/sources.list" -o Dir::Etc::sourceparts=-
+                    -o Dir::State::Lists="$dir/apt/lists" -o APT::Get::List-Cleanup=0)
+    if ! apt-get "${apt_opts[@]}" update -qq >&2; then
+        log "ERROR: apt-get update of $codename-backports failed"
+        return 1
+    fi
+    local version
+    version=$(apt-cache "${apt_opts[@]}" madison prosody 2>/dev/null \
+              | awk -F'|' '{ gsub(/ /, "", $2); if ($2 ~ /^13\./) { print $2; exit } }')
+    if [ -z "$version" ]; then
+        log "ERROR: $codename-backports offers no Prosody 13"
+        return 1
+    fi
+    # apt-get download as root drops to _apt, which needs to write there.
+    chmod 777 "$dir/debs" 2>/dev/null || true
+    if ! (cd "$dir/debs" && apt-get "${apt_opts[@]}" download -qq "prosody=$version" >&2); then
+        log "ERROR: apt-get download prosody=$version failed"
+        return 1
+    fi
+    dpkg -x "$dir"/debs/prosody_*.deb "$dir/root"
+    local src="$(cd "$dir/root/usr/lib/prosody" && pwd)" f
+    for f in prosody prosodyctl; do
+        sed -i "s|^CFG_SOURCEDIR=.*|CFG_SOURCEDIR='$src';|; s|^CFG_PLUGINDIR=.*|CFG_PLUGINDIR='$src/modules/';|" \
+            "$dir/root/usr/bin/$f"
+    done
+    case "$(prosody_version_of "$launcher")" in
+        13.*) printf '%s\n' "$launcher" ;;
+        *) log "ERROR: the unpacked Prosody in $dir is not 13"; return 1 ;;
+    esac
+}
+
+# "VERSION LAUNCHER" for every Prosody the tests run against, system first.
+# Debian 13 brings Prosody 13 itself: that one only (0.12 is not packaged
+# there). Debian 12 brings 0.12, and Prosody 13 comes from backports.
+prosody_servers() {
+    local system system_version codename
+    system=$(command -v prosody) || { log "ERROR: no prosody on PATH"; return 1; }
+    system_version=$(prosody_version_of "$system")
+    if [ -z "$system_version" ]; then
+        log "ERROR: cannot tell the version of $system"
+        return 1
+    fi
+    printf '%s %s\n' "$system_version" "$system"
+    case "$system_version" in
+        13.*|1[4-9].*|[2-9][0-9].*) return 0 ;;
+    esac
+    codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")
+    local p13
+    p13=$(ensure_private_prosody13 "$PWD/.venv/prosody13" "$codename") || return 1
+    printf '%s %s\n' "$(prosody_version_of "$p13")" "$p13"
 }

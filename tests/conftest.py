@@ -39,7 +39,14 @@ import pytest
 
 from muc_guard.testing.certs import TestCA
 from muc_guard.testing.ejabberd import EjabberdServer
-from prosody import ProsodyServer, make_client as _make_client, stop_client
+from prosody import (
+    PROSODY_ENV,
+    ProsodyServer,
+    make_client as _make_client,
+    prosody_binary,
+    prosody_version,
+    stop_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +249,16 @@ def _timeout_for(item: pytest.Item) -> float:
     if marker is not None and marker.args:
         return float(marker.args[0])
     return float(os.environ.get("MUC_GUARD_TEST_TIMEOUT", DEFAULT_TIMEOUT))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which Prosody every server fixture runs (``$MUC_GUARD_PROSODY`` or the
+    one on PATH). A named one that is missing fails every server fixture."""
+    try:
+        binary = prosody_binary()
+        return f"prosody: {prosody_version(binary)} ({binary})"
+    except Exception as exc:
+        return f"prosody: UNUSABLE ({PROSODY_ENV}={os.environ.get(PROSODY_ENV)!r}): {exc}"
 
 
 def pytest_configure(config: pytest.Config) -> None:

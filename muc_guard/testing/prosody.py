@@ -46,10 +46,14 @@ __all__ = [
     "ProsodyAdminError",
     "ProsodyServer",
     "ProsodyStartError",
+    "PROSODY_ENV",
     "connected",
     "free_port",
     "listening_sockets",
+    "lua_string",
     "make_client",
+    "prosody_binary",
+    "prosody_version",
     "pid_running",
     "security_layer",
     "stop_client",
@@ -68,6 +72,45 @@ _STREAM_HEADER = (
 ).encode()
 _STREAM_FOOTER = b"</stream:stream>"
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
+
+#: Which Prosody every ProsodyServer runs unless told otherwise: the path of a
+#: ``prosody`` launcher (e.g. a Prosody 13 unpacked beside the system 0.12).
+PROSODY_ENV = "MUC_GUARD_PROSODY"
+
+
+def prosody_binary(prosody: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    """The ``prosody`` launcher to run: `prosody` if given, else
+    ``$MUC_GUARD_PROSODY``, else the one on PATH.  A named one that does not
+    exist is an error, never a silent fallback to another version."""
+    chosen = prosody if prosody is not None else os.environ.get(PROSODY_ENV) or None
+    if chosen is None:
+        found = shutil.which("prosody")
+        if found is None:
+            raise ProsodyStartError("prosody binary not found on PATH")
+        return pathlib.Path(found)
+    path = pathlib.Path(chosen)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise ProsodyStartError(f"prosody binary {str(path)!r} does not exist or is not executable")
+    return path.resolve()
+
+
+def _source_dir(binary: pathlib.Path) -> pathlib.Path:
+    """Prosody's CFG_SOURCEDIR, as written into its launcher script."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in binary.read_text().splitlines()[:40]:
+            if line.startswith("CFG_SOURCEDIR"):
+                return pathlib.Path(line.partition("=")[2].strip().strip(";").strip("'\""))
+    return pathlib.Path("/usr/lib/prosody")
+
+
+def prosody_version(prosody: str | os.PathLike[str] | None = None) -> str:
+    """The version of that Prosody (e.g. "0.12.3", "13.0.1"), from the
+    ``prosody.version`` file in its source directory."""
+    path = _source_dir(prosody_binary(prosody)) / "prosody.version"
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ProsodyStartError(f"cannot tell the Prosody version: {exc}") from exc
 
 
 class ProsodyStartError(RuntimeError):
@@ -263,7 +306,10 @@ class ProsodyServer:
     no longer exists), ``room_locking`` (Prosody's default is on: a room a
     join creates stays locked, item-not-found to everyone else, until its
     owner configures it; off here unless asked for), ``extra_config`` /
-    ``extra_muc_config`` (raw Lua appended to the global / Component section).
+    ``extra_muc_config`` (raw Lua appended to the global / Component section),
+    ``prosody`` (the launcher to run; default ``$MUC_GUARD_PROSODY``, else
+    ``prosody`` on PATH: see :func:`prosody_binary`).  ``version`` is the
+    version it runs.
     """
 
     domain: str = "localhost"
@@ -286,7 +332,10 @@ class ProsodyServer:
         extra_muc_config: str = "",
         startup_timeout: float = 15.0,
         admin_timeout: float = 10.0,
+        prosody: str | os.PathLike[str] | None = None,
     ) -> None:
+        self.binary = prosody_binary(prosody)
+        self.version = prosody_version(self.binary)
         self.root = pathlib.Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.root / "data"
@@ -313,9 +362,14 @@ class ProsodyServer:
         self.last_start_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def version_info(self) -> tuple[int, ...]:
+        """`version` as numbers, for comparisons: (0, 12, 3), (13, 0, 1)."""
+        return tuple(int(part) for part in self.version.split(".") if part.isdigit())
+
     def __repr__(self) -> str:
         tls = " tls" if self.tls else ""
-        return f"<ProsodyServer {self.host}:{self.port}{tls} pid={self.pid} root={self.root}>"
+        return f"<ProsodyServer {self.version} {self.host}:{self.port}{tls} pid={self.pid} root={self.root}>"
 
     # --- configuration -------------------------------------------------
 
@@ -410,9 +464,7 @@ class ProsodyServer:
     def _spawn(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             raise RuntimeError(f"{self!r} is already running")
-        binary = shutil.which("prosody")
-        if binary is None:
-            raise ProsodyStartError("prosody binary not found on PATH")
+        binary = str(self.binary)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.root / "certs").mkdir(exist_ok=True)  # empty: no TLS, no warning
         with contextlib.suppress(FileNotFoundError):
@@ -694,7 +746,7 @@ class ProsodyServer:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(self.config_text())
             subprocess.run(
-                ["prosodyctl", "--config", str(self.config_path), "register", user, self.domain, password],
+                [str(self.binary.with_name("prosodyctl")), "--config", str(self.config_path), "register", user, self.domain, password],
                 check=True, capture_output=True, timeout=30,
             )
         return jid
@@ -778,6 +830,11 @@ class ProsodyServer:
         members-only is switched first, after making the user a member (so the
         switch itself does not remove it with 322)."""
         await self.call("revoke_membership", self._room(room), self._bare(bare_jid))
+
+    async def expire_archive(self, room, age: float = 0) -> None:
+        """Delete what the room's archive holds from more than `age` seconds
+        ago, as Prosody's ``muc_log_expires_after`` cleanup does."""
+        await self.call("expire_archive", self._room(room), age)
 
     async def rewrite_nick(self, room, requested: str, assigned: str) -> None:
         """From now on a join to `room` as `requested` gets `assigned` (210)."""

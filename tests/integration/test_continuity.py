@@ -172,3 +172,39 @@ async def test_restart_of_a_bot_that_never_saw_a_message_recovers_from_its_join(
     assert inbox.bodies() == said
     assert all(rec for _, rec, _ in inbox.items)
     await second.stop()
+
+
+async def test_restart_after_the_archive_expired_our_position_recovers_by_time(
+        prosody_factory, make_client, account, room_jid, tmp_path):
+    """The archive no longer holds the last message the bot saw (expired
+    while the bot was down): Prosody 0.12 answers the ``after`` query with
+    item-not-found, Prosody 13 with an empty, complete page. Either way what
+    was said meanwhile comes back, by time."""
+    server = prosody_factory(mam=True)
+    await server.create_room(room_jid)
+    db = tmp_path / "bot.db"
+    jid, pw = account("expired", server=server)
+    first = Bot(make_client, jid, pw, server=server)
+    await first.guard.open_store(db)
+    seen = Inbox(first)
+    await first.start()
+    await first.guard.join(room_jid, "bot")
+    room = await talker_in(room_jid, server, account, make_client)
+    await send_all(room, ["seen"])
+    assert await eventually(lambda: _count(seen, 1))
+    await first.stop()
+    await server.expire_archive(room_jid)         # the archive forgets "seen"
+    said = [f"while away {i}" for i in range(3)]
+    await send_all(room, said)
+    second = Bot(make_client, jid, pw, server=server)
+    await second.guard.open_store(db)
+    inbox = Inbox(second)
+    try:
+        await second.start()
+        await second.wait_event("rejoined", room_jid)
+        assert await eventually(lambda: _count(inbox, 3))
+        await asyncio.sleep(0.3)
+        assert inbox.bodies() == said
+        assert all(rec for _, rec, _ in inbox.items)
+    finally:
+        await second.stop()                       # an open store would keep pytest alive

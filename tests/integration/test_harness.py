@@ -24,11 +24,14 @@ import aioxmpp.ping
 import pytest
 
 from prosody import (
+    PROSODY_ENV,
     ProsodyAdminError,
     ProsodyServer,
+    ProsodyStartError,
     connected,
     free_port,
     listening_sockets,
+    lua_string,
     pid_running,
 )
 
@@ -149,6 +152,23 @@ async def test_admin_returns_output_and_raises_lua_errors(prosody: ProsodyServer
     for _ in range(20):
         await prosody.admin("return 1")
     log.info("admin round trip: %.2f ms", (time.monotonic() - t0) / 20 * 1000)
+
+
+async def test_version_is_the_running_servers(prosody: ProsodyServer) -> None:
+    assert await prosody.admin("return prosody.version") == prosody.version
+    assert prosody.version_info >= (0, 12)
+    assert prosody.version in repr(prosody)
+
+
+def test_a_named_prosody_that_is_missing_is_an_error(tmp_path, monkeypatch) -> None:
+    """Never a silent fallback to another version (a CI that meant to test
+    Prosody 13 must not pass on 0.12)."""
+    missing = tmp_path / "no-prosody"
+    with pytest.raises(ProsodyStartError, match="no-prosody"):
+        ProsodyServer(tmp_path / "a", prosody=missing)
+    monkeypatch.setenv(PROSODY_ENV, str(missing))
+    with pytest.raises(ProsodyStartError, match="no-prosody"):
+        ProsodyServer(tmp_path / "b")
 
 
 async def test_server_listens_on_loopback_c2s_only(prosody: ProsodyServer) -> None:
@@ -451,6 +471,27 @@ async def test_sever_c2s_is_a_bare_eof(private_prosody, make_client, account, ro
     await asyncio.sleep(1.5)  # more than aioxmpp's first reconnect back-off (1 s)
     assert events == ["on_stream_destroyed"]
     assert client.running and not client.established
+
+
+async def test_expire_archive(prosody_factory, make_client, account, room_jid) -> None:
+    server = prosody_factory(mam=True)
+    await server.create_room(room_jid, mam=True)
+    member = await join(make_client, account, room_jid, "talker", server=server)
+    archived = (f">local a = require'core.storagemanager'.open({lua_string(server.muc_domain)}, "
+                f"'muc_log', 'archive'); local it = a:find({lua_string(room_jid.localpart)}); "
+                "local n = 0; for _ in it do n = n + 1 end; return n")
+    msg = aioxmpp.Message(type_=aioxmpp.MessageType.GROUPCHAT)
+    msg.body[None] = "old"
+    await member.room.send_message(msg)
+    for _ in range(50):
+        if await server.admin(archived) == "1":
+            break
+        await asyncio.sleep(0.02)
+    assert await server.admin(archived) == "1"
+    await server.expire_archive(room_jid, age=3600)        # nothing that old
+    assert await server.admin(archived) == "1"
+    await server.expire_archive(room_jid)
+    assert await server.admin(archived) in ("0", "nil")
 
 
 async def test_smacks_and_mam_options(prosody_factory, make_client, account, room_jid) -> None:

@@ -211,6 +211,10 @@ class Archive:
         self.items = [(f"id-{i:04d}", f"body {i}", start + timedelta(seconds=i)) for i in range(1, n + 1)]
         self.cap = cap
         self.ignore_max = False
+        #: Prosody 13.0: an unknown after-id gets an empty, complete page
+        self.unknown_after_is_empty = False
+        #: Prosody 13.0: a start later than every message returns the newest one
+        self.start_past_end_returns_newest = False
         self.queries: list[mam.Query] = []
 
     def __call__(self, iq: aioxmpp.IQ) -> tuple[list[str], Any]:
@@ -221,14 +225,22 @@ class Archive:
             start = [f.values[0] for f in query.form.fields if f.var == "start"]
             if start:
                 since = datetime.strptime(start[0], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-                items = [it for it in items if it[2] >= since]
+                later = [it for it in items if it[2] >= since]
+                if not later and items and self.start_past_end_returns_newest:
+                    later = items[-1:]
+                items = later
         after = query.rsm.after.value if query.rsm is not None and query.rsm.after else None
+        want = query.rsm.max_ if query.rsm is not None and query.rsm.max_ is not None else 20
+        if query.rsm is not None and query.rsm.before is not None and not query.rsm.before.value:
+            items = items[-want:]              # the last page
         if after is not None:
             ids = [it[0] for it in items]
-            if after not in ids:
+            if after not in ids and self.unknown_after_is_empty:
+                items = []
+            elif after not in ids:
                 return [], aioxmpp.errors.XMPPModifyError(aioxmpp.ErrorCondition.ITEM_NOT_FOUND)
-            items = items[ids.index(after) + 1:]
-        want = query.rsm.max_ if query.rsm is not None and query.rsm.max_ is not None else 20
+            else:
+                items = items[ids.index(after) + 1:]
         page = items if self.ignore_max else items[:min(want, self.cap)]
         complete = len(page) == len(items)
         messages = [result_xml(query.queryid, i, body=b, stamp=s.strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -320,6 +332,39 @@ class TestFetch:
         assert info.value.after_id == "gone" and info.value.messages == []
         assert info.value.room == ROOM
         assert chain_size(client) == 0
+
+    async def test_unknown_after_id_answered_with_an_empty_page_is_a_gap(self):
+        """Prosody 13.0: no item-not-found, an empty complete page. Not proof:
+        the id is not the archive's newest message, so it is a gap."""
+        archive = Archive(5)
+        archive.unknown_after_is_empty = True
+        client = FakeClient(archive)
+        with pytest.raises(mam.ArchiveGapError) as info:
+            await mam.fetch(client, ROOM, after_id="gone")
+        assert info.value.after_id == "gone" and info.value.messages == []
+        probe = archive.queries[1]
+        assert probe.rsm.before is not None and probe.rsm.max_ == 1 and probe.form is None
+        assert client.delivered == [] and chain_size(client) == 0
+        archive.items = []                     # an empty archive holds no id either
+        with pytest.raises(mam.ArchiveGapError):
+            await mam.fetch(client, ROOM, after_id="gone")
+
+    async def test_empty_page_after_the_newest_id_is_complete(self):
+        archive = Archive(5)
+        archive.unknown_after_is_empty = True
+        client = FakeClient(archive)
+        assert await mam.fetch(client, ROOM, after_id="id-0005") == ([], True)
+        assert len(archive.queries) == 2 and client.delivered == []
+        got, complete = await mam.fetch(client, ROOM, after_id="id-0003")
+        assert [m.archive_id for m in got] == ["id-0004", "id-0005"] and complete
+        assert len(archive.queries) == 3       # a page with results needs no check
+
+    async def test_results_older_than_since_are_dropped(self):
+        archive = Archive(5)
+        archive.start_past_end_returns_newest = True
+        client = FakeClient(archive)
+        got, complete = await mam.fetch(client, ROOM, since=datetime(2030, 1, 1, tzinfo=timezone.utc))
+        assert (got, complete) == ([], True)
 
     async def test_gap_between_pages_keeps_what_came(self):
         archive = Archive(60, cap=50)

@@ -17,6 +17,7 @@ local st = require "util.stanza";
 local json = require "util.json";
 local array = require "util.array";
 local jid_util = require "util.jid";
+local time_now = require "util.time".now;
 
 local jid_bare, jid_prep, jid_resource = jid_util.bare, jid_util.prep, jid_util.resource;
 
@@ -293,6 +294,18 @@ function api.drop_room(room_jid)
 	if not room then return false; end
 	muc().forget_room(room);
 	muc().delete_room(room);
+	return true;
+end
+
+-- What muc_log_expires_after does to a room's archive (mod_muc_mam's
+-- cleanup): delete every message archived more than `age` seconds ago (0:
+-- everything archived so far; Prosody 13 stores fractional times, so the
+-- bound is not rounded).  The room itself is untouched.
+function api.expire_archive(room_jid, age)
+	local jid = room_jid_of(room_jid);
+	local archive = module:open_store("muc_log", "archive");
+	local ok, err = archive:delete(jid_util.node(jid), { ["end"] = time_now() - (age or 0) });
+	if not ok then error("archive delete failed: " .. tostring(err)); end
 	return true;
 end
 
