@@ -427,13 +427,15 @@ class GuardEngine:
             await self._persist_now(rec)
 
         waiter: asyncio.Future[aioxmpp.muc.Room] = asyncio.get_running_loop().create_future()
+        if rec.waiters is None:
+            rec.waiters = []
         rec.waiters.append(waiter)
         self._start_joining(rec, 0.0)
         try:
             return await waiter
         finally:
             # Cancelling join() cancels only this wait: the room stays wanted.
-            if waiter in rec.waiters:
+            if rec.waiters and waiter in rec.waiters:
                 rec.waiters.remove(waiter)
 
     async def set_nick(self, room_jid: aioxmpp.JID | str, nick: str) -> None:
@@ -1327,10 +1329,10 @@ class GuardEngine:
         self._saw_traffic(rec)
         self._quiet_builtin_self_ping(room)
         self._mark(rec)
-        for waiter in rec.waiters:
+        for waiter in rec.waiters or ():
             if not waiter.done():
                 waiter.set_result(room)
-        rec.waiters.clear()
+        rec.waiters = None
         self._arm_ping(rec)
         if self.use_archive and not rec.archive_checked:
             # Learn it (or, when the store knew it, refresh it: rooms can be
@@ -1388,10 +1390,10 @@ class GuardEngine:
 
     @staticmethod
     def _fail_waiters(rec: TrackedRoom, exc: BaseException) -> None:
-        for waiter in rec.waiters:
+        for waiter in rec.waiters or ():
             if not waiter.done():
                 waiter.set_exception(exc)
-        rec.waiters.clear()
+        rec.waiters = None
 
     # --- persistence and tasks -----------------------------------------------------------
 

@@ -91,8 +91,9 @@ class TrackedRoom:
     join_task: "asyncio.Task[None] | None" = None
     #: (delay, failures) of a join loop asked for while one was still running
     next_join: tuple[float, int] | None = None
-    #: futures of join() callers waiting for this room
-    waiters: list["asyncio.Future[Any]"] = dataclasses.field(default_factory=list)
+    #: futures of join() callers waiting for this room; None while nobody
+    #: waits, as in almost every room (an empty list per room is 56 B)
+    waiters: "list[asyncio.Future[Any]] | None" = None
     #: set after a drop or a restore: the next successful join fires on_rejoined
     announce_rejoin: bool = False
     #: joined at least once (or restored): permanent errors no longer mean "bad join()"
