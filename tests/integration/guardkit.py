@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pathlib
 import time
 from typing import Any
 
@@ -12,6 +14,17 @@ import pytest
 import muc_guard
 from muc_guard.invariants import violations
 from prosody import ProsodyServer, connected, stop_client
+
+#: the root of this checkout
+CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def checkout_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this checkout first on PYTHONPATH: a child process must run
+    the muc_guard under test, not whichever one is installed."""
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), env.get("PYTHONPATH")]))
+    return env
+
 
 #: Run a test against the shared server with TLS required and the certificate
 #: verified against the session's test CA, as a bot in production connects

@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from guardkit import checkout_env
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 90.0
 
@@ -25,8 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(TIMEOUT + 30)
 def test_bench_smoke(tmp_path: pathlib.Path) -> None:
     results = tmp_path / "RESULTS.md"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = checkout_env(dict(os.environ))
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench", "--smoke", "--results", str(results)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -26,7 +26,7 @@ from typing import Any
 import aioxmpp
 import pytest
 
-from guardkit import over_both, over_verified_tls
+from guardkit import checkout_env, over_both, over_verified_tls
 from muc_guard.continuity import digest, recent_from_json
 from muc_guard.testing.certs import TestCA
 from prosody import ProsodyServer, connected
@@ -37,13 +37,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BOTS = ROOT / "examples" / "bots"
 START_TIMEOUT = 20.0
 EXIT_TIMEOUT = 10.0
-
-
-def this_checkout(env: dict[str, str]) -> dict[str, str]:
-    """`env` with this checkout first on PYTHONPATH: the bots must run the
-    muc_guard under test, not whichever one is installed."""
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 class BotProcess:
@@ -98,7 +91,7 @@ async def bots(prosody: ProsodyServer, tmp_path: pathlib.Path):
     started: list[BotProcess] = []
 
     async def start(script: str, jid: aioxmpp.JID, password: str, *args: str) -> BotProcess:
-        env = this_checkout({**os.environ, "MUC_GUARD_PASSWORD": password})
+        env = checkout_env({**os.environ, "MUC_GUARD_PASSWORD": password})
         env.pop("MUC_GUARD_JID", None)
         transport = (["--ca-file", str(prosody.tls.ca_file)] if prosody.tls
                      else ["--insecure-plaintext"])
@@ -179,7 +172,7 @@ def run_script(script: str, *args: str,
     base = {k: v for k, v in os.environ.items()
             if k not in ("MUC_GUARD_PASSWORD", "MUC_GUARD_JID")}
     return subprocess.run([sys.executable, str(BOTS / script), *args],
-                          env=this_checkout({**base, **(env or {})}),
+                          env=checkout_env({**base, **(env or {})}),
                           capture_output=True, text=True, timeout=30)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from guardkit import checkout_env
 import test_examples as examples
 from test_examples import bots, talker  # noqa: F401  (fixtures)
 
@@ -40,9 +41,8 @@ PENDING = "pending-position"          # exitbot's last_id, never written at once
 
 def child_env() -> dict[str, str]:
     """This checkout's muc_guard, not an installed one."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MUC_GUARD_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
+    return checkout_env({k: v for k, v in os.environ.items()
+                         if not k.startswith("MUC_GUARD_")})
 
 
 def run_exitbot(mode: str, db: pathlib.Path, *args: str, env: dict[str, str] | None = None,

@@ -49,7 +49,7 @@ import aioxmpp.ping
 import pytest
 
 import muc_guard
-from guardkit import Bot, occupant_nicks_of
+from guardkit import Bot, checkout_env, occupant_nicks_of
 from muc_guard.store import Store
 from prosody import ProsodyAdminError, ProsodyServer, connected, stop_client
 
@@ -435,9 +435,7 @@ class ChildBot:
 
     def __init__(self, args: list[str], password: str, log_path: pathlib.Path) -> None:
         self.argv = [sys.executable, str(self.SCRIPT), *args]
-        self.env = {**os.environ, "MUC_GUARD_PASSWORD": password,
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
-                                                                os.environ.get("PYTHONPATH")]))}
+        self.env = checkout_env({**os.environ, "MUC_GUARD_PASSWORD": password})
         self.log_path = log_path
         self.lines: list[str] = []
         self.proc: asyncio.subprocess.Process | None = None
