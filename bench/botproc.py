@@ -230,7 +230,7 @@ async def main(config: dict[str, Any]) -> None:
             break
         cmd = json.loads(line).get("cmd")
         if cmd == "mark":
-            store = getattr(getattr(guard, "_guard", None), "_store", None)
+            store = getattr(getattr(guard, "_guard", None), "store", None)
             emit("mark", t=time.monotonic(), cpu=cpu_seconds(), msgs=messages,
                  pings=len(probe.sent) if probe else None,
                  answered=probe.answered if probe else None,

@@ -34,8 +34,8 @@ from typing import Any
 
 import aioxmpp
 
-from muc_guard.engine import DEFAULT_MAX_CONCURRENT_JOINS
-from muc_guard.rooms import State, TrackedRoom
+from muc_guard.core.settings import DEFAULT_MAX_CONCURRENT_JOINS
+from muc_guard.core.record import State, RoomRecord
 from muc_guard.store import Store
 
 from .common import Context, Events, ScenarioResult, fmt
@@ -51,7 +51,7 @@ async def make_store(path: str, account: aioxmpp.JID, rooms: list[aioxmpp.JID],
     """A store as an earlier run leaves it: every room wanted, joined an hour
     ago, known to have no archive, and the guard shut down cleanly."""
     now = time.time()
-    recs = [TrackedRoom(jid=r, requested_nick=nick, nick=nick, state=State.JOINED,
+    recs = [RoomRecord(jid=r, requested_nick=nick, nick=nick, state=State.JOINED,
                         last_joined=now - 3600, added=now - 7200 + i * 0.001,
                         has_archive=False)
             for i, r in enumerate(rooms)]
@@ -106,7 +106,7 @@ async def _guard(ctx: Context, rooms: list[aioxmpp.JID], concurrency: int, tag: 
     wall = time.monotonic() - t0
     out = {"wall": wall, "cpu": time.process_time() - cpu0, "server": ctx.prosody_cpu() - srv0,
            "open": t_open, "complete": done,
-           "tx": guard._guard._store.transactions}
+           "tx": guard._guard.store.transactions}
     await ctx.cleanup()
     await ctx.server_quiet()
     return out

@@ -131,8 +131,8 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
         fut.set_result(None)
         stand_ins[jid] = (room, fut)
     engine.muc = _MUC(stand_ins)
-    engine._stream_up.set()     # as if connected; nothing is ever sent
-    engine.use_archive = False  # no disco#info probe (it would need the stream)
+    engine.core.stream_up = True     # as if connected; nothing is ever sent
+    engine.settings.use_archive = False  # no disco#info probe (it would need the stream)
     message = aioxmpp.Message(type_=aioxmpp.MessageType.GROUPCHAT)
     room_jids = list(stand_ins)
 
@@ -183,7 +183,7 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
         elapsed = time.monotonic() - t0
     finally:
         tracemalloc.stop()
-    states = {r.state for r in engine._rooms.values()}
+    states = {r.state for r in engine.core.rooms.values()}
 
     joined_per = (joined - base) / n
     one_per = (one_msg - base) / n

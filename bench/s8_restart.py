@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from muc_guard.engine import DEFAULT_MAX_CONCURRENT_JOINS
+from muc_guard.core.settings import DEFAULT_MAX_CONCURRENT_JOINS
 
 from .common import Context, ScenarioResult, fmt
 

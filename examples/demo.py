@@ -59,7 +59,7 @@ import aioxmpp
 import aioxmpp.muc.xso
 import aioxmpp.node
 
-from muc_guard.continuity import digest
+from muc_guard.core.continuity import digest
 from muc_guard.store import Store
 from muc_guard.testing.certs import TestCA
 from muc_guard.testing.prosody import (

@@ -10,10 +10,10 @@ removed us on purpose, and remembers it all in SQLite across restarts.
 """
 
 from . import tls
-from .engine import GaveUpError, GuardError, RoomLeftError
+from .aioxmpp.runner import GaveUpError, GuardError, RoomLeftError
+from .core.policy import Cause, Decision
+from .core.record import RoomInfo, State
 from .mixin import GuardMixin
-from .policy import Cause, Decision
-from .rooms import RoomInfo, State
 from .service import MUCGuard
 from .store import StoreError
 from .tls import CertificateVerificationError

@@ -45,7 +45,7 @@ from typing import Any
 import aioxmpp
 
 from . import __version__
-from .rooms import TrackedRoom
+from .core.record import RoomRecord
 from .store import Store, StoreError
 
 __all__ = ["main"]
@@ -111,7 +111,7 @@ def local_time(timestamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def downtime(rec: TrackedRoom) -> tuple[float | None, bool]:
+def downtime(rec: RoomRecord) -> tuple[float | None, bool]:
     """(seconds from the last drop to the rejoin after it, still out).
 
     The guard records that duration at the rejoin that ends the outage
@@ -149,12 +149,12 @@ def downtime_text(seconds: float | None, still_out: bool) -> str:
     return human_duration(seconds) if seconds is not None else "-"
 
 
-def state_of(rec: TrackedRoom) -> str:
+def state_of(rec: RoomRecord) -> str:
     """The store knows wanted or given up, never whether a bot is in the room now."""
     return "wanted" if rec.wanted else "gave-up"
 
 
-def room_record(account: str, rec: TrackedRoom) -> dict[str, Any]:
+def room_record(account: str, rec: RoomRecord) -> dict[str, Any]:
     """One room as plain JSON values (no password, only whether there is one)."""
     seconds, still_out = downtime(rec)
     return {
@@ -187,7 +187,7 @@ def render_table(rows: list[list[str]], right: frozenset[int] = frozenset()) -> 
     return "\n".join(lines)
 
 
-def rooms_table(rooms: list[tuple[str, TrackedRoom]], *, with_account: bool) -> str:
+def rooms_table(rooms: list[tuple[str, RoomRecord]], *, with_account: bool) -> str:
     header = ["ROOM", "NICK", "STATE", "DROPS", "LAST CAUSE", "LAST JOINED", "DOWNTIME",
               "PASSWORD"]
     if with_account:

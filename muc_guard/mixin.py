@@ -4,7 +4,7 @@ GuardMixin: muc_guard's behaviour for a service of your own.
 aioxmpp forbids subclassing services, and it only collects decorated handlers
 (``depsignal``, filters) from the concrete class's own namespace, so a plain
 mixin cannot declare them. This mixin therefore wires everything by hand in
-``__init__`` (through a :class:`~muc_guard.engine.GuardEngine` it owns) and
+``__init__`` (through a :class:`~muc_guard.aioxmpp.driver.GuardDriver` it owns) and
 unwires it in ``_shutdown``. Use it as the first base of your service and list
 :class:`aioxmpp.MUCClient` in ``ORDER_AFTER``::
 
@@ -27,18 +27,19 @@ import aioxmpp
 import aioxmpp.callbacks
 import aioxmpp.muc
 
-from .engine import GuardEngine
-from .rooms import RoomInfo
+from .aioxmpp.driver import GuardDriver
+from .core.record import RoomInfo
 
 __all__ = ["GuardMixin"]
 
 
 def _engine_setting(name: str, doc: str) -> property:
+    """A setting of :class:`muc_guard.core.settings.Settings`, as an attribute."""
     def get(self: "GuardMixin") -> Any:
-        return getattr(self._guard, name)
+        return getattr(self._guard.settings, name)
 
     def set_(self: "GuardMixin", value: Any) -> None:
-        setattr(self._guard, name, value)
+        setattr(self._guard.settings, name, value)
 
     return property(get, set_, doc=doc)
 
@@ -65,10 +66,17 @@ class GuardMixin:
                 f"{type(self).__name__} uses GuardMixin: list aioxmpp.MUCClient in its "
                 "ORDER_AFTER and create it with client.summon()"
             )
-        self._guard = GuardEngine(self, client, muc)
+        self._guard = GuardDriver(self, client, muc)
 
-    ping_idle = _engine_setting(
-        "ping_idle", "Seconds of silence from a room before a self-ping (default 300).")
+    @property
+    def ping_idle(self) -> float:
+        """Seconds of silence from a room before a self-ping (default 300)."""
+        return self._guard.settings.ping_idle
+
+    @ping_idle.setter
+    def ping_idle(self, value: float) -> None:
+        self._guard.set_ping_idle(value)
+
     ping_timeout = _engine_setting(
         "ping_timeout", "Seconds to wait for a self-ping reply (default 30).")
     join_timeout = _engine_setting(
@@ -114,27 +122,23 @@ class GuardMixin:
     @property
     def backoff_min(self) -> float:
         """Smallest delay between failed join attempts, in seconds (default 1)."""
-        return self._guard.backoff.minimum
+        return self._guard.settings.backoff.minimum
 
     @backoff_min.setter
     def backoff_min(self, value: float) -> None:
-        self._set_backoff(float(value), self._guard.backoff.maximum)
+        self._set_backoff(float(value), self._guard.settings.backoff.maximum)
 
     @property
     def backoff_max(self) -> float:
         """Largest delay between failed join attempts, in seconds (default 60)."""
-        return self._guard.backoff.maximum
+        return self._guard.settings.backoff.maximum
 
     @backoff_max.setter
     def backoff_max(self, value: float) -> None:
-        self._set_backoff(self._guard.backoff.minimum, float(value))
+        self._set_backoff(self._guard.settings.backoff.minimum, float(value))
 
     def _set_backoff(self, minimum: float, maximum: float) -> None:
-        backoff = self._guard.backoff
-        if minimum <= 0 or maximum < minimum:
-            raise ValueError(
-                f"backoff needs 0 < backoff_min <= backoff_max, got {minimum}, {maximum}")
-        backoff.minimum, backoff.maximum = minimum, maximum
+        self._guard.settings.set_backoff(minimum, maximum)
 
     async def open_store(self, path: str | os.PathLike[str]) -> None:
         """Open (creating or migrating) the SQLite state file and rejoin what it wants.

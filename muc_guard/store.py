@@ -59,9 +59,9 @@ from typing import Any
 import aiosqlite
 import aioxmpp
 
-from .continuity import Position, recent_from_json, recent_to_json
-from .policy import Cause
-from .rooms import State, TrackedRoom
+from .core.continuity import Position, recent_from_json, recent_to_json
+from .core.policy import Cause
+from .core.record import RoomRecord, State
 
 __all__ = ["Store", "StoreError", "StoreWriter", "SCHEMA_VERSION", "APPLICATION_ID"]
 
@@ -163,14 +163,14 @@ class StoreError(Exception):
     """The store file cannot be used; the message names the file and why."""
 
 
-def _recent_json(rec: TrackedRoom) -> str | None:
+def _recent_json(rec: RoomRecord) -> str | None:
     """The digests of the messages delivered just before the position."""
     if rec.stream is not None:
         return rec.stream.recent_json()
     return recent_to_json(rec.position.recent)
 
 
-def _room_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
+def _room_row(account: str, rec: RoomRecord) -> tuple[Any, ...]:
     return (
         account, str(rec.jid), rec.requested_nick, rec.nick, rec.password,
         int(rec.wanted), rec.drops,
@@ -184,7 +184,7 @@ def _room_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
     )
 
 
-def _position_row(account: str, rec: TrackedRoom) -> tuple[Any, ...]:
+def _position_row(account: str, rec: RoomRecord) -> tuple[Any, ...]:
     return (
         rec.position.last_id, rec.position.last_ts, _recent_json(rec),
         account, str(rec.jid),
@@ -378,7 +378,7 @@ class Store:
             logger.info("store %r migrated from schema %d to %d", self.path, version,
                         SCHEMA_VERSION)
 
-    async def load_rooms(self, account: str) -> list[TrackedRoom]:
+    async def load_rooms(self, account: str) -> list[RoomRecord]:
         """All rooms stored for `account`; unreadable rows are skipped, not lost."""
         rooms = []
         async with self._conn.execute(
@@ -400,7 +400,7 @@ class Store:
                 "ORDER BY account") as cur:
             return [row[0] async for row in cur]
 
-    async def load_all(self) -> list[tuple[str, TrackedRoom]]:
+    async def load_all(self) -> list[tuple[str, RoomRecord]]:
         """(account, room) for every stored room of every account, for
         inspection tools; unreadable rows are skipped with a warning, not lost."""
         rooms = []
@@ -434,7 +434,7 @@ class Store:
         return max(removed, 0)
 
     @staticmethod
-    def _room_from_row(row: Sequence[Any]) -> TrackedRoom:
+    def _room_from_row(row: Sequence[Any]) -> RoomRecord:
         (room, requested_nick, nick, password, wanted, drops, last_cause,
          last_joined, last_dropped, added, last_id, last_ts, recent, last_downtime,
          has_archive) = row
@@ -443,7 +443,7 @@ class Store:
             raise ValueError(f"not a bare room JID: {room!r}")
         if not isinstance(requested_nick, str) or not isinstance(nick, str):
             raise TypeError("nick is not text")
-        return TrackedRoom(
+        return RoomRecord(
             jid=jid,
             requested_nick=requested_nick,
             nick=nick or requested_nick,
@@ -457,6 +457,7 @@ class Store:
             position=Position(last_id, last_ts, recent_from_json(recent)),
             last_downtime=last_downtime,
             has_archive=None if has_archive is None else bool(has_archive),
+            service=jid.domain,
         )
 
     async def load_resource(self, account: str) -> str | None:
@@ -490,9 +491,9 @@ class Store:
                 "ON CONFLICT (account) DO UPDATE SET resource = excluded.resource",
                 (account, resource))
 
-    async def write(self, account: str, upserts: Iterable[TrackedRoom],
+    async def write(self, account: str, upserts: Iterable[RoomRecord],
                     deletes: Iterable[aioxmpp.JID],
-                    positions: Iterable[TrackedRoom] = ()) -> None:
+                    positions: Iterable[RoomRecord] = ()) -> None:
         """Apply upserts, deletes and position updates for `account` in one
         durable transaction."""
         rows = [_room_row(account, rec) for rec in upserts]
@@ -583,9 +584,9 @@ class StoreWriter:
     def __init__(self, store: Store, account: str) -> None:
         self.store = store
         self.account = account
-        self._dirty: dict[aioxmpp.JID, TrackedRoom] = {}
+        self._dirty: dict[aioxmpp.JID, RoomRecord] = {}
         #: records whose message position alone changed (lazy marks)
-        self._moved: dict[aioxmpp.JID, TrackedRoom] = {}
+        self._moved: dict[aioxmpp.JID, RoomRecord] = {}
         self._deleted: set[aioxmpp.JID] = set()
         self._lock = asyncio.Lock()
         self._retry: asyncio.TimerHandle | None = None
@@ -597,7 +598,7 @@ class StoreWriter:
         #: closed: changes marked from now on are not written
         self._closed = False
 
-    def mark(self, rec: TrackedRoom, *, lazy: bool = False, now: bool = False) -> None:
+    def mark(self, rec: RoomRecord, *, lazy: bool = False, now: bool = False) -> None:
         """Note a changed record, to be written within BATCH_DELAY s (`now`:
         at once). `lazy` marks say that only its message position changed."""
         if self._closed:

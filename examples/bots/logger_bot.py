@@ -46,7 +46,7 @@ from typing import TextIO
 import aioxmpp
 
 import common
-from muc_guard.continuity import message_facts
+from muc_guard.core.continuity import message_facts
 
 logger = logging.getLogger("muc_guard.examples.logger")
 

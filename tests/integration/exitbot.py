@@ -37,7 +37,7 @@ import aioxmpp.connector
 import aioxmpp.node
 
 import muc_guard
-from muc_guard.continuity import Position
+from muc_guard.core.continuity import Position
 from muc_guard.testing.prosody import LOOPBACK, security_layer
 
 from crashbot import no_discovery, say, slow_commits
@@ -73,9 +73,9 @@ async def main(args: argparse.Namespace) -> None:
     if args.mode == "loop-close-cut":
         slow_commits(3600.0)
     engine = guard._guard
-    rec = engine._rooms[aioxmpp.JID.fromstr(args.room)]
+    rec = engine.core.rooms[aioxmpp.JID.fromstr(args.room)]
     rec.position = Position(LAST_ID, time.time(), ())
-    engine._writer.mark(rec, lazy=True, now=args.mode == "loop-close-cut")
+    engine.writer.mark(rec, lazy=True, now=args.mode == "loop-close-cut")
     await asyncio.sleep(0.05)      # a cut write is inside its transaction now
     say("ready")
     if args.mode == "shutdown-raise":

@@ -12,7 +12,6 @@ import aioxmpp
 import pytest
 
 import muc_guard
-from muc_guard.invariants import violations
 from prosody import ProsodyServer, connected, stop_client
 
 #: the root of this checkout
@@ -63,8 +62,8 @@ class Bot:
         await stop_client(self.client)
 
     def violations(self) -> list[str]:
-        """Broken invariants of the guard's rooms (muc_guard.invariants)."""
-        return violations(self.guard._guard)
+        """Broken invariants of the guard's rooms (muc_guard.core.invariants)."""
+        return self.guard._guard.violations()
 
     def check_invariants(self) -> None:
         assert self.violations() == []

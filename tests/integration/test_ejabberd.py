@@ -18,7 +18,7 @@ import pytest
 
 from guardkit import Bot, eventually, occupant_nicks_of
 from muc_guard import Cause
-from muc_guard.rooms import State
+from muc_guard.core.record import State
 from muc_guard.testing.ejabberd import EjabberdServer
 from prosody import connected, listening_sockets, pid_running
 

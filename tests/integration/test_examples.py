@@ -27,7 +27,7 @@ import aioxmpp
 import pytest
 
 from guardkit import checkout_env, over_both, over_verified_tls
-from muc_guard.continuity import digest, recent_from_json
+from muc_guard.core.continuity import digest, recent_from_json
 from muc_guard.testing.certs import TestCA
 from prosody import ProsodyServer, connected
 

@@ -12,7 +12,6 @@ import asyncio
 import aioxmpp
 
 import muc_guard
-from muc_guard.invariants import violations
 from stanzas import parse, self_available, self_unavailable
 
 ROOM = "room@conference.localhost"
@@ -29,7 +28,7 @@ class Harness:
         self.guard.on_dropped.connect(lambda j, c: self.events.append(("dropped", j, c)))
         self.guard.on_rejoined.connect(lambda j, r: self.events.append(("rejoined", j, r)))
         self.guard.on_gave_up.connect(lambda j, c: self.events.append(("gave_up", j, c)))
-        self.guard._guard._stream_up.set()   # as if the stream were established
+        self.guard._guard.core.stream_up = True   # as if the stream were established
 
     def feed(self, xml: str) -> None:
         self.client.stream._process_incoming_presence(parse(xml))
@@ -69,8 +68,8 @@ class Harness:
         await self.settle()
 
     def violations(self) -> list[str]:
-        """Broken invariants (muc_guard.invariants): [] after every scenario."""
-        return violations(self.guard._guard)
+        """Broken invariants (muc_guard.core.invariants): [] after every scenario."""
+        return self.guard._guard.violations()
 
     def state(self) -> muc_guard.RoomInfo:
         info = self.guard.room_info(ROOM)

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from muc_guard import Cause
-from muc_guard.rejoin import RESTART_SPREAD, Backoff
+from muc_guard.core.backoff import RESTART_SPREAD, Backoff
 
 
 class Extreme(random.Random):

@@ -22,7 +22,7 @@ import pytest
 
 from muc_guard import Cause, State
 from muc_guard.cli import human_duration, main
-from muc_guard.rooms import TrackedRoom
+from muc_guard.core.record import RoomRecord
 from muc_guard.store import APPLICATION_ID, SCHEMA_VERSION, Store
 
 BOT = "bot@example.org"
@@ -35,10 +35,10 @@ PASSWORD = "hunter2-do-not-print"
 NOW = 1_760_000_000.0   # fixed, so that expected strings are exact
 
 
-def room(jid: str, **kw) -> TrackedRoom:
+def room(jid: str, **kw) -> RoomRecord:
     defaults = dict(requested_nick="bot", nick="bot", added=NOW - 1000)
     defaults.update(kw)
-    return TrackedRoom(jid=aioxmpp.JID.fromstr(jid), **defaults)
+    return RoomRecord(jid=aioxmpp.JID.fromstr(jid), **defaults)
 
 
 async def _build(path: pathlib.Path) -> None:

@@ -20,14 +20,14 @@ import aioxmpp
 
 import muc_guard
 from muc_guard.closer import StoreCloser
-from muc_guard.rooms import State, TrackedRoom
+from muc_guard.core.record import State, RoomRecord
 from muc_guard.store import Store, StoreWriter
 
 ACCOUNT = "bot@localhost"
 
 
-def tracked(name: str, nick: str = "bot") -> TrackedRoom:
-    return TrackedRoom(jid=aioxmpp.JID.fromstr(f"{name}@conference.localhost"),
+def tracked(name: str, nick: str = "bot") -> RoomRecord:
+    return RoomRecord(jid=aioxmpp.JID.fromstr(f"{name}@conference.localhost"),
                        requested_nick=nick, nick=nick, password=None, state=State.JOINING,
                        added=time.time())
 
@@ -105,7 +105,7 @@ def test_shutdown_takes_over_and_closes_once(tmp_path, monkeypatch):
         closer = guard._guard._closer
         await guard.shutdown()
         await asyncio.sleep(0.01)
-        assert closer._task.done() and closes == [guard._guard._store]
+        assert closer._task.done() and closes == [guard._guard.store]
 
     asyncio.run(main())
     assert len(closes) == 1 and thread_ended(closes[0])

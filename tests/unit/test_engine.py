@@ -177,7 +177,7 @@ async def test_mixin_in_a_users_own_service_behaves_the_same():
     client = aioxmpp.Client(aioxmpp.JID.fromstr("bot@localhost/r"),
                             aioxmpp.make_security_layer("unused"))
     svc = client.summon(EchoService)
-    svc._guard._stream_up.set()
+    svc._guard.core.stream_up = True
     dropped = []
     svc.on_dropped.connect(lambda j, c: dropped.append(c))
     join = asyncio.ensure_future(svc.join(ROOM, "bot"))
@@ -219,7 +219,7 @@ async def test_only_rooms_joined_when_the_last_process_ended_are_probed(tmp_path
     """Restored rooms whose last record is a join may still hold our occupant
     (XEP-0410 probe first); a room last dropped, or given up, is not probed."""
     from muc_guard.store import Store, StoreWriter
-    from muc_guard.rooms import TrackedRoom
+    from muc_guard.core.record import RoomRecord
 
     db = tmp_path / "probe.db"
     store = await Store.open(db)
@@ -231,16 +231,16 @@ async def test_only_rooms_joined_when_the_last_process_ended_are_probed(tmp_path
         "gaveup@conference.localhost": dict(last_joined=20.0, state=State.GAVE_UP),
     }
     for jid, fields in rows.items():
-        rec = TrackedRoom(jid=aioxmpp.JID.fromstr(jid), requested_nick="bot", nick="bot",
+        rec = RoomRecord(jid=aioxmpp.JID.fromstr(jid), requested_nick="bot", nick="bot",
                           added=1.0, **fields)
         writer.mark(rec)
     await writer.close()
     await store.close()
 
     harness = Harness()
-    harness.guard._guard._stream_up.clear()    # offline: joins wait, flags stay
+    harness.guard._guard.core.stream_up = False    # offline: joins wait, flags stay
     await harness.guard.open_store(db)
-    probed = {str(jid): rec.probe for jid, rec in harness.guard._guard._rooms.items()}
+    probed = {str(jid): rec.probe for jid, rec in harness.guard._guard.core.rooms.items()}
     assert probed == {"joined@conference.localhost": True,
                       "dropped@conference.localhost": False,
                       "never@conference.localhost": False,
@@ -248,9 +248,9 @@ async def test_only_rooms_joined_when_the_last_process_ended_are_probed(tmp_path
     await harness.guard.shutdown()      # a clean shutdown: nothing left behind
 
     again = Harness()
-    again.guard._guard._stream_up.clear()
+    again.guard._guard.core.stream_up = False
     await again.guard.open_store(db)
-    assert not any(rec.probe for rec in again.guard._guard._rooms.values())
+    assert not any(rec.probe for rec in again.guard._guard.core.rooms.values())
     await again.guard.shutdown()
 
 
@@ -259,7 +259,7 @@ async def test_idle_pings_of_rooms_joined_together_are_paced(h):
     apart (1.2 x rooms / ping_idle per second), not in one burst."""
     loop = asyncio.get_running_loop()
     engine = h.guard._guard
-    engine.min_ping_rate = 1.0
+    engine.settings.min_ping_rate = 1.0
     h.guard.ping_idle = 1.0
     sent: list[float] = []
 
@@ -337,15 +337,14 @@ async def test_a_room_that_stayed_joined_for_backoff_max_rejoins_at_once_again(h
 
 
 async def test_a_stream_loss_is_not_counted_as_a_flap(h):
-    h.guard._guard.probe_before_rejoin = False   # a stream loss is a drop at once
+    h.guard.probe_before_rejoin = False   # a stream loss is a drop at once
     h.guard.backoff_min, h.guard.backoff_max = 5.0, 10.0
     await h.joined()
     await kicked_333(h)
     h.feed(self_available(ROOM, "bot"))        # rejoined after a drop
     await h.settle()
     h.guard._guard._on_stream_destroyed()      # the connection went away
-    h.guard._guard._stream_up.set()            # and came back at once
-    h.guard._guard._on_stream_established()
+    h.guard._guard._on_stream_established()   # and came back at once
     await h.settle()
     assert join_pending(h)                     # rejoining at once, not in 5 s
     h.feed(self_available(ROOM, "bot"))
@@ -375,7 +374,7 @@ async def test_a_stream_lost_while_reading_the_archive_moves_no_position(h, monk
     h.guard.on_message.connect(
         lambda room, message, *, recovered, own: delivered.append(message.body.any()))
     await h.joined()
-    rec = h.guard._guard._rooms[ROOM_JID]
+    rec = h.guard._guard.core.rooms[ROOM_JID]
     rec.has_archive = True
     h.client.stream._process_incoming_message(parse(live_groupchat("one", "s1")))
     assert delivered == ["one"]
@@ -434,16 +433,14 @@ async def test_aioxmpp_self_ping_is_off_and_arms_no_timers(h):
 
 
 async def test_an_unanswered_join_times_out_and_is_tried_again(h, caplog):
-    from muc_guard.rejoin import Backoff
-
     h.guard.join_timeout = 0.05
-    h.guard._guard.backoff = Backoff(0.01, 0.02)
+    h.guard.backoff_min, h.guard.backoff_max = 0.01, 0.02
     join = asyncio.ensure_future(h.guard.join(ROOM, "bot"))
     await h.pending()
     first = h.muc.get_muc(ROOM_JID)
     with caplog.at_level("INFO", logger="muc_guard"):
         await asyncio.sleep(0.3)                 # several attempts time out
-    timeouts = [r for r in caplog.records if "JoinTimeout" in r.getMessage()]
+    timeouts = [r for r in caplog.records if "failed (timeout)" in r.getMessage()]
     assert len(timeouts) >= 2
     assert not join.done() and h.state().state is State.JOINING
     await h.pending()
@@ -463,7 +460,7 @@ async def test_shutdown_during_a_join_attempt_is_not_a_timeout(h, caplog):
         await join
     # (asyncio logs that aioxmpp cannot send the unjoin: this client is offline)
     assert not [r for r in caplog.records if r.name.startswith("muc_guard")
-                and ("JoinTimeout" in r.getMessage() or r.levelname == "ERROR")]
+                and ("failed (timeout)" in r.getMessage() or r.levelname == "ERROR")]
     with pytest.raises(KeyError):
         h.muc.get_muc(ROOM_JID)                  # the pending join was withdrawn
 

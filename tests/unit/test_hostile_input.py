@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from muc_guard import Cause, Decision, State
-from muc_guard.policy import classify_removal, decide
+from muc_guard.core.policy import classify_removal, decide
 from harness import ROOM, ROOM_JID, Harness
 from stanzas import parse
 
@@ -334,8 +334,8 @@ class Guarded(Harness):
             assert info == before
             assert info.room is self.rooms[jid] and info.room.muc_joined
             assert self.muc.get_muc(jid) is self.rooms[jid]
-            rec = self.guard._guard._rooms[jid]
-            assert rec.join_task is None or rec.join_task.done()
+            rec = self.guard._guard.core.rooms[jid]
+            assert rec.io.task is None or rec.io.task.done()
         for stanza in self.sent:                # only self-pings to our own occupant JIDs
             assert isinstance(stanza, aioxmpp.IQ)
             assert stanza.to.bare() in OURS and stanza.to.resource == OURS[stanza.to.bare()]

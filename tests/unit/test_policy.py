@@ -3,7 +3,7 @@
 import pytest
 
 from muc_guard import Cause, Decision
-from muc_guard.policy import (
+from muc_guard.core.policy import (
     DECISIONS,
     classify_join_error,
     classify_removal,

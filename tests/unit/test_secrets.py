@@ -21,7 +21,7 @@ import pytest
 
 from muc_guard import State, cli
 from muc_guard.redact import RedactPasswords
-from muc_guard.rooms import TrackedRoom
+from muc_guard.core.record import RoomRecord
 from muc_guard.store import Store
 from harness import Harness
 from stanzas import self_available
@@ -63,7 +63,7 @@ async def test_store_and_its_wal_files_are_private(tmp_path, umask):
     old = os.umask(umask)
     try:
         store = await Store.open(tmp_path / "bot.db")
-        await store.write(ACCOUNT, [TrackedRoom(jid=room_jid("r"), requested_nick="b",
+        await store.write(ACCOUNT, [RoomRecord(jid=room_jid("r"), requested_nick="b",
                                                 nick="b", password=PASSWORD,
                                                 added=time.time())], [])
         files = sorted(p.name for p in tmp_path.iterdir())
@@ -87,7 +87,7 @@ async def test_a_store_readable_by_others_is_warned_about(tmp_path, caplog):
 async def test_names_round_trip_through_store_guard_and_inspector(tmp_path, capsys):
     path = tmp_path / "bot.db"
     store = await Store.open(path)
-    recs = [TrackedRoom(jid=room_jid(local), requested_nick=nick, nick=nick[::-1],
+    recs = [RoomRecord(jid=room_jid(local), requested_nick=nick, nick=nick[::-1],
                         password=PASSWORD, added=float(i))
             for i, (local, nick) in enumerate(zip(ROOMS * 2, NICKS + NICKS[:2]))]
     await store.write(ACCOUNT, recs, [])

@@ -3,8 +3,8 @@
 import aioxmpp
 import pytest
 
-from muc_guard.engine import error_condition
-from muc_guard.selfping import PingJudge, PingOutcome, PingVerdict, read_ping_reply
+from muc_guard.aioxmpp.facts import error_condition
+from muc_guard.core.selfping import PingJudge, PingOutcome, PingVerdict, read_ping_reply
 
 from stanzas import iq_error, parse
 

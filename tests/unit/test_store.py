@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from muc_guard import Cause, State, StoreError
-from muc_guard.rooms import TrackedRoom
+from muc_guard.core.record import RoomRecord
 from muc_guard.store import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -24,10 +24,10 @@ ROOM = aioxmpp.JID.fromstr("room@conference.localhost")
 OTHER = aioxmpp.JID.fromstr("other@conference.localhost")
 
 
-def tracked(jid=ROOM, **kw) -> TrackedRoom:
+def tracked(jid=ROOM, **kw) -> RoomRecord:
     defaults = dict(requested_nick="bot", nick="bot", added=time.time())
     defaults.update(kw)
-    return TrackedRoom(jid=jid, **defaults)
+    return RoomRecord(jid=jid, **defaults)
 
 
 async def assert_refused_untouched(path, match: str) -> None:
@@ -177,7 +177,7 @@ async def test_version_1_store_is_migrated_and_keeps_its_rows(tmp_path):
 
 
 async def test_message_positions_round_trip(tmp_path):
-    from muc_guard.continuity import Position
+    from muc_guard.core.continuity import Position
     store = await Store.open(tmp_path / "bot.db")
     await store.write("bot@localhost", [tracked(position=Position("abc-123", 1700000000.25))], [])
     [rec] = await store.load_rooms("bot@localhost")
@@ -228,7 +228,7 @@ async def test_clean_exit_mark_is_taken_once(tmp_path):
 async def test_a_position_for_a_row_never_written_whole_is_not_lost(tmp_path):
     store = await Store.open(tmp_path / "bot.db")
     rec = tracked()
-    from muc_guard.continuity import Position
+    from muc_guard.core.continuity import Position
     rec.position = Position("id-7", 1700000000.0)
     await store.write("bot@localhost", [], [], [rec])
     (loaded,) = await store.load_rooms("bot@localhost")
@@ -239,7 +239,7 @@ async def test_a_position_for_a_row_never_written_whole_is_not_lost(tmp_path):
 async def test_changes_marked_during_a_write_are_written_without_another_event(tmp_path):
     """A mark that finds the writer busy must not wait for some later event."""
     import asyncio
-    from muc_guard.continuity import Position
+    from muc_guard.core.continuity import Position
     store = await Store.open(tmp_path / "bot.db")
     writer = StoreWriter(store, "bot@localhost")
     writer.BATCH_DELAY = 0.1
@@ -338,7 +338,7 @@ async def test_changes_are_batched_but_urgent_ones_written_at_once(tmp_path):
 
 async def test_a_thousand_rooms_and_positions_in_one_write(tmp_path):
     """A restart's or a busy second's worth of rows, in one transaction each."""
-    from muc_guard.continuity import Position
+    from muc_guard.core.continuity import Position
 
     store = await Store.open(tmp_path / "bot.db")
     recs = [tracked(jid=aioxmpp.JID.fromstr(f"r{i}@c.localhost"), password=f"pw{i}",

@@ -30,7 +30,7 @@ import pytest
 
 import muc_guard
 from muc_guard import Cause, State, StoreError
-from muc_guard.rooms import TrackedRoom
+from muc_guard.core.record import RoomRecord
 from muc_guard.store import SCHEMA_VERSION, Store, StoreWriter
 from harness import ROOM, ROOM_JID, Harness
 from stanzas import self_available
@@ -49,8 +49,8 @@ def rows(path) -> dict[str, tuple]:
         conn.close()
 
 
-def tracked(i: int, **kw) -> TrackedRoom:
-    return TrackedRoom(jid=aioxmpp.JID.fromstr(f"r{i}@conference.localhost"),
+def tracked(i: int, **kw) -> RoomRecord:
+    return RoomRecord(jid=aioxmpp.JID.fromstr(f"r{i}@conference.localhost"),
                        requested_nick="bot", nick=kw.pop("nick", "bot"), added=time.time(), **kw)
 
 
@@ -86,8 +86,8 @@ async def test_disk_full_keeps_guarding_from_memory_and_writes_later(h, tmp_path
     await h.guard.open_store(path)
     await h.joined()
     engine = h.guard._guard
-    engine._writer.RETRY_DELAY = 0.1
-    conn = engine._store._conn
+    engine.writer.RETRY_DELAY = 0.1
+    conn = engine.store._conn
     stored = rows(path)
     assert stored == {ROOM: ("bot", 0, None)}
     pages = (await (await conn.execute("PRAGMA page_count")).fetchone())[0]
@@ -111,10 +111,10 @@ async def test_disk_full_keeps_guarding_from_memory_and_writes_later(h, tmp_path
     full = warnings_about(caplog, path)
     assert len(full) == 1 and "full" in full[0] and "keeping" in full[0]
     assert rows(path) == stored
-    assert engine._writer.failed
+    assert engine.writer.failed
 
     await conn.execute("PRAGMA max_page_count = 1073741823")        # space again
-    await until(lambda: written(engine._writer))
+    await until(lambda: written(engine.writer))
     now = rows(path)
     assert now[ROOM] == ("bot", 1, Cause.SERVER_ERROR.value)
     assert len(now) == 41 and now["r39@conference.localhost"][0] == long_nick
@@ -156,14 +156,14 @@ async def test_read_only_store_is_loaded_and_writes_resume_when_writable(h, tmp_
     restored, the bot works, and changes wait in memory until it can write."""
     path = tmp_path / "bot.db"
     store = await Store.open(path)
-    await store.write(ACCOUNT, [TrackedRoom(jid=ROOM_JID, requested_nick="bot", nick="bot",
+    await store.write(ACCOUNT, [RoomRecord(jid=ROOM_JID, requested_nick="bot", nick="bot",
                                             added=1.0)], [])
     await store.close()
     before = path.read_bytes()
     with read_only(path):
         await h.guard.open_store(path)                   # loads what is there
         engine = h.guard._guard
-        engine._writer.RETRY_DELAY = 0.1
+        engine.writer.RETRY_DELAY = 0.1
         await h.pending()                                # the restored room rejoins
         h.feed(self_available(ROOM, "bot"))
         await h.settle()
@@ -174,7 +174,7 @@ async def test_read_only_store_is_loaded_and_writes_resume_when_writable(h, tmp_
         [warning] = warnings_about(caplog, path)
         assert "readonly" in warning or "read-only" in warning
         assert path.read_bytes() == before               # not a byte changed
-    await until(lambda: written(engine._writer))
+    await until(lambda: written(engine.writer))
     assert rows(path)[ROOM] == ("bot", 1, Cause.SERVER_ERROR.value)
 
 
@@ -257,14 +257,14 @@ _LOCKER = """
 _WRITER = """
     import asyncio, sys, time
     import aioxmpp
-    from muc_guard.rooms import TrackedRoom
+    from muc_guard.core.record import RoomRecord
     from muc_guard.store import Store, StoreWriter
 
     async def main():
         store = await Store.open(sys.argv[1])
         writer = StoreWriter(store, "other@localhost")
         for i in range(200):
-            writer.mark(TrackedRoom(jid=aioxmpp.JID.fromstr(f"o{i}@conference.localhost"),
+            writer.mark(RoomRecord(jid=aioxmpp.JID.fromstr(f"o{i}@conference.localhost"),
                                     requested_nick="o", nick="o", added=time.time()))
             await writer.flush()
         await writer.close()

@@ -32,22 +32,19 @@ would, and the count only starts over once the room stayed joined for
 ``maximum`` seconds. A flapping room therefore gets no more attempts than a
 room that refuses every join.
 
-Many rooms rejoin at once after a reconnect or a restart. :class:`JoinWaves`
-bounds how many joins are in flight and lets the waiting ones out in waves
-(see its docstring for why not a semaphore).
+Many rooms rejoin at once after a reconnect or a restart:
+:class:`~muc_guard.core.gate.JoinGate` bounds how many joins are in flight.
 
 The random source is injectable so tests need not sleep or guess.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import random as _random
 
 from .policy import Cause, Decision, decide
 
-__all__ = ["Backoff", "JoinWaves", "RESTART_SPREAD"]
+__all__ = ["Backoff", "RESTART_SPREAD"]
 
 #: Seconds over which the first attempt after 332 is spread.
 RESTART_SPREAD = (1.0, 10.0)
@@ -87,64 +84,3 @@ class Backoff:
         """Delay before the next attempt after `failures` consecutive failures."""
         ceiling = self.ceiling(failures)
         return self._rng.uniform(ceiling / 2, ceiling)
-
-
-class JoinWaves:
-    """At most `limit` joins in flight; the waiting ones go out in waves.
-
-    A semaphore would admit one waiting join per answer: after the first
-    burst every answer wakes one task that sends one presence, and a restart
-    with 1,000 rooms pays a loop turn, a TLS record and a parser call per
-    room: with 256 in flight, 35 % more client CPU than with no bound (bench
-    scenario 4). Here the gate closes when `limit` joins are in flight and
-    opens again only when half of them are answered; then the next wave goes
-    out at once. The bound holds, and sends and answers batch almost as in
-    an unbounded burst (5 % more CPU at 256 in flight).
-
-    Use as ``async with waves: ...``; `limit` (a positive int, checked where
-    users set it: ``max_concurrent_joins``) may change at any time and
-    applies from the next admission.
-    """
-
-    __slots__ = ("limit", "in_flight", "_waiting", "_open")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._open = True
-
-    @property
-    def waiting(self) -> int:
-        return sum(1 for fut in self._waiting if not fut.done())
-
-    async def __aenter__(self) -> None:
-        if self._open and not self._waiting and self.in_flight < self.limit:
-            self._admit()
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()    # admitted, then cancelled before it ran
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        if not self._open and self.in_flight <= self.limit // 2:
-            self._open = True
-        while self._open and self._waiting and self.in_flight < self.limit:
-            fut = self._waiting.popleft()
-            if not fut.done():    # else cancelled while waiting
-                self._admit()
-                fut.set_result(None)
-
-    def _admit(self) -> None:
-        self.in_flight += 1
-        if self.in_flight >= self.limit:
-            self._open = False

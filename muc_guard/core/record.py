@@ -1,12 +1,14 @@
 """
-The rooms this client wants to be in.
+The rooms this client wants to be in: one :class:`RoomRecord` each.
 
-Each tracked room is a :class:`TrackedRoom`: what the user asked for
-(room JID, nick, password), what the room really gave us (the nick after a
-210 rewrite), where it stands (:class:`State`) and its history (drop count,
-last cause, timestamps). The guard owns these records; users see immutable
-:class:`RoomInfo` snapshots from :meth:`MUCGuard.rooms`, so nothing they do
-with one can corrupt the guard's state.
+A record holds what the user asked for (room, nick, password), what the room
+really gave us (the nick after a 210 rewrite), where it stands
+(:class:`State`), its history (drop count, last cause, timestamps; these
+persist) and the core's runtime bookkeeping: which join attempt and which
+self-ping are in flight, which timers are armed, the nick change under way.
+Only :class:`~muc_guard.core.guard.GuardCore` changes a record; users see
+immutable :class:`RoomInfo` snapshots, so nothing they do with one can
+corrupt the guard's state.
 
 State machine::
 
@@ -16,25 +18,28 @@ State machine::
 
 ``JOINING`` is a room wanted but never joined in this process (new, or
 restored from the store); ``REJOINING`` follows a drop.
+
+Beside the state, a wanted room that is not joined is always somewhere in
+its join *phase* (:class:`Phase`): waiting for a timer, for the stream, for
+a slot, for a probe, for the archive answer, for the join itself, or
+reading the archive after it. ``IDLE`` with a wanted, unjoined room and the
+stream up is a bug, and :mod:`muc_guard.core.invariants` says so.
+
+A bot may track thousands of rooms, so the yes/no facts share one int
+(:attr:`RoomRecord.flags`, read through properties) instead of a slot each.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import enum
-from typing import TYPE_CHECKING, Any
-
-import aioxmpp
+from collections.abc import Hashable
 
 from .continuity import Position, RoomStream
 from .policy import Cause
 from .selfping import PingJudge
 
-if TYPE_CHECKING:  # pragma: no cover
-    import aioxmpp.muc
-
-__all__ = ["State", "RoomInfo", "TrackedRoom", "merge_stored"]
+__all__ = ["State", "Phase", "RoomInfo", "RoomRecord", "merge_stored"]
 
 
 class State(enum.Enum):
@@ -44,11 +49,24 @@ class State(enum.Enum):
     GAVE_UP = "gave-up"
 
 
+class Phase(enum.IntEnum):
+    """Where a room's join stands (IDLE: no join under way)."""
+
+    IDLE = 0
+    TIMER = 1          #: waiting for the JOIN timer (backoff, restart spread)
+    STREAM = 2         #: waiting for the stream to come (back) up
+    SLOT = 3           #: waiting for a join slot (max_concurrent_joins)
+    PROBE = 4          #: self-ping before rejoining: still an occupant?
+    ARCHIVE = 5        #: asking whether the room has an archive
+    JOIN = 6           #: the join presence is out
+    RECOVER = 7        #: joined; reading the archive, live messages wait
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RoomInfo:
     """A snapshot of one tracked room, as returned by :meth:`MUCGuard.rooms`."""
 
-    jid: aioxmpp.JID
+    jid: Hashable                     #: the room's JID (an aioxmpp.JID in aioxmpp)
     nick: str                         #: the nick the room gave us (210 included)
     requested_nick: str               #: the nick we asked for
     state: State
@@ -56,16 +74,27 @@ class RoomInfo:
     last_cause: Cause | None
     last_joined: float | None         #: UNIX time of the last successful join
     last_dropped: float | None        #: UNIX time of the last drop
-    room: "aioxmpp.muc.Room | None" = dataclasses.field(default=None, compare=False)
+    #: the front-end's room object while joined (an aioxmpp.muc.Room)
+    room: object = dataclasses.field(default=None, compare=False)
     last_downtime: float | None = None  #: seconds from the last drop to its rejoin
     has_password: bool = False
 
 
+def _flag(bit: int, doc: str) -> property:
+    def get(self: RoomRecord) -> bool:
+        return bool(self.flags & bit)
+
+    def set_(self: RoomRecord, value: bool) -> None:
+        self.flags = self.flags | bit if value else self.flags & ~bit
+
+    return property(get, set_, doc=doc)
+
+
 @dataclasses.dataclass(slots=True, eq=False)
-class TrackedRoom:
+class RoomRecord:
     """The guard's own record of a room; persisted fields first."""
 
-    jid: aioxmpp.JID
+    jid: Hashable
     requested_nick: str
     nick: str
     password: str | None = dataclasses.field(default=None, repr=False)
@@ -79,55 +108,67 @@ class TrackedRoom:
     last_downtime: float | None = None
     #: the last message delivered by on_message (persisted, lazily)
     position: Position = Position()   # immutable: one shared empty position
+    #: does the room advertise a XEP-0313 archive? (None: not asked yet; persisted)
+    has_archive: bool | None = None
+    #: the MUC service (the room JID's domain): rooms on one service drop together
+    service: str = ""
 
     # --- runtime only ---
     stream: RoomStream | None = None
-    room: Any = None                  #: the aioxmpp Room while joined or joining
-    #: loop time of the last stanza from the room (proof of membership)
+    #: core time of the last stanza from the room (proof of membership)
     last_traffic: float = 0.0
     judge: PingJudge = dataclasses.field(default_factory=PingJudge)
-    ping_timer: asyncio.TimerHandle | None = None
-    ping_task: "asyncio.Task[None] | None" = None
-    join_task: "asyncio.Task[None] | None" = None
-    #: (delay, failures) of a join loop asked for while one was still running
+    phase: Phase = Phase.IDLE
+    #: the join attempt (or probe, or archive read) in flight; 0 for none
+    attempt: int = 0
+    #: the self-ping in flight; 0 for none
+    ping: int = 0
+    #: armed timers, one bit per TimerKind (see GuardCore._arm)
+    timers: int = 0
+    #: counters of the running join sequence: failed attempts, permanent
+    #: errors and nick conflicts in a row
+    failures: int = 0
+    permanent: int = 0
+    conflicts: int = 0
+    #: (delay, failures) of a join asked for while one was under way
     next_join: tuple[float, int] | None = None
-    #: futures of join() callers waiting for this room; None while nobody
-    #: waits, as in almost every room (an empty list per room is 56 B)
-    waiters: "list[asyncio.Future[Any]] | None" = None
-    #: set after a drop or a restore: the next successful join fires on_rejoined
-    announce_rejoin: bool = False
-    #: joined at least once (or restored): permanent errors no longer mean "bad join()"
-    confirmed: bool = False
-    nick_change_pending: bool = False
-    #: the nick asked for in a change still unanswered
+    #: the nick asked for in a change still unanswered ("" when a 303 named none)
     pending_nick: str | None = None
-    #: ends a nick change that gets no answer (after ping_timeout)
-    nick_timer: asyncio.TimerHandle | None = None
     #: set while we hold a fallback nick: the nick to win back
     preferred_nick: str | None = None
-    reclaim_timer: asyncio.TimerHandle | None = None
-    #: does the room advertise a XEP-0313 archive? (None: not asked yet; persisted)
-    has_archive: bool | None = None
-    #: asked (or refreshed) in this process
-    archive_checked: bool = False
-    #: we may still be an occupant (restored from the store, or the stream
-    #: was lost): self-ping before the next join attempt
-    probe: bool = False
     #: UNIX time the stream was lost while joined; the drop is confirmed (and
     #: announced) only once the probe says the room let us go
     suspect_since: float | None = None
-    #: loop time of the rejoin that ended the last drop of the room itself
-    #: (not a stream loss), and whether that rejoin is still to come
+    #: core time of the rejoin that ended the last drop of the room itself
+    #: (not a stream loss); see _count_flap
     rejoined_at: float | None = None
-    drop_pending: bool = False
-    #: drops in a row that each came soon after such a rejoin (see rejoin.py)
+    #: drops in a row that each came soon after such a rejoin (see backoff.py)
     flaps: int = 0
+    flags: int = 0
+    #: the front-end's own per-room state; the core never reads it
+    io: object = None
+
+    announce_rejoin = _flag(1, "The next successful join fires on_rejoined.")
+    confirmed = _flag(2, "Joined at least once (or restored): permanent errors no "
+                         "longer mean a bad join() call.")
+    archive_checked = _flag(4, "Archive support asked (or refreshed) in this process.")
+    probe = _flag(8, "We may still be an occupant: self-ping before the next join.")
+    drop_pending = _flag(16, "A drop counted by _count_flap awaits its rejoin.")
+    ping_forced = _flag(32, "The PING timer is a check: no pacing, no idle wait.")
+    holds_slot = _flag(64, "The join attempt holds one of the join slots.")
+    check_siblings = _flag(128, "Self-ping the service's other rooms once this "
+                                "room's rejoin is answered.")
+    queued_ping = _flag(256, "Waiting in the idle-ping pace queue.")
 
     @property
     def wanted(self) -> bool:
         return self.state is not State.GAVE_UP
 
-    def snapshot(self) -> RoomInfo:
+    @property
+    def nick_change_pending(self) -> bool:
+        return self.pending_nick is not None
+
+    def snapshot(self, room: object = None) -> RoomInfo:
         return RoomInfo(
             jid=self.jid,
             nick=self.nick,
@@ -138,30 +179,16 @@ class TrackedRoom:
             last_joined=self.last_joined,
             last_dropped=self.last_dropped,
             last_downtime=self.last_downtime,
-            room=self.room if self.state is State.JOINED else None,
+            room=room if self.state is State.JOINED else None,
             has_password=self.password is not None,
         )
-
-    def cancel_timers(self) -> None:
-        if self.nick_timer is not None:
-            self.nick_timer.cancel()
-            self.nick_timer = None
-        if self.reclaim_timer is not None:
-            self.reclaim_timer.cancel()
-            self.reclaim_timer = None
-        if self.ping_timer is not None:
-            self.ping_timer.cancel()
-            self.ping_timer = None
-        if self.ping_task is not None and not self.ping_task.done():
-            self.ping_task.cancel()
-        self.ping_task = None
 
 
 def _latest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def merge_stored(rec: TrackedRoom, stored: TrackedRoom) -> None:
+def merge_stored(rec: RoomRecord, stored: RoomRecord) -> None:
     """Fold a stored record into one join() made before the store was open.
 
     The record in memory says what the bot wants now (nick, password,

@@ -13,7 +13,7 @@ rejoin. A bot wants neither gaps nor duplicates.
 Solution
 ========
 
-:class:`RoomStream` is the per-room bookkeeping, free of I/O: the engine
+:class:`RoomStream` is the per-room bookkeeping, free of I/O: the core
 offers it every groupchat message it sees from the room (live, history, or
 archive) and delivers only those it accepts. Identity is the room's XEP-0359
 stanza-id where the room stamps one. Without one, a delayed copy (history)
@@ -31,15 +31,11 @@ from __future__ import annotations
 
 import array
 import dataclasses
-import datetime
 import hashlib
 import json
-from typing import Any
 
-import aioxmpp
-
-__all__ = ["Position", "RoomStream", "message_facts", "digest", "DIGEST_TOLERANCE",
-           "recent_to_json", "recent_from_json"]
+__all__ = ["Position", "RoomStream", "digest", "DIGEST_TOLERANCE",
+           "recent_to_json", "recent_from_json", "recover_since"]
 
 #: Seconds by which a history copy's stamp may differ from our receipt time
 #: (on the server's clock, as learnt by muc_guard.clock: within a second or so).
@@ -55,6 +51,10 @@ DIGEST_TOLERANCE = 5.0
 WINDOW_MIN = 32
 WINDOW_MAX = 512
 _MASK64 = (1 << 64) - 1
+
+#: A live message waiting behind an archive read: (the front-end's message,
+#: the server's time at receipt, its stanza-id, sender nick, body).
+Buffered = tuple[object, float, "str | None", str, "str | None"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,35 +110,19 @@ def digest(nick: str, body: str) -> str:
     return _key_to_hex(_digest_key(nick, body))
 
 
-def message_facts(message: aioxmpp.Message, room: aioxmpp.JID, now: float, *,
-                  replay: bool = False) -> tuple[str | None, float, bool]:
-    """(room's stanza-id, timestamp, delayed) of a message from `room`.
-
-    Only a copy the room replays (`replay`: history while joining) has a
-    time of its own: the ``<delay/>`` the room itself added (``from`` is the
-    room's JID). Any other ``<delay/>`` is the sender's claim, and a live
-    message is timed at receipt (`now`). The time never passes `now`: a
-    position ahead of the server's clock would make every later history
-    request miss what it should return.
-    """
-    stanza_id = None
-    for sid in getattr(message, "xep0359_stanza_ids", None) or ():
-        if sid.by == room and sid.id_:
-            stanza_id = sid.id_
-            break
-    if not replay:
-        return stanza_id, now, False
-    delay = getattr(message, "xep0203_delay", None)
-    stamp = None
-    for item in (delay if isinstance(delay, list) else [delay] if delay else []):
-        if item is not None and item.stamp is not None and item.from_ == room:
-            stamp = item.stamp
-            break
-    if stamp is None:
-        return stanza_id, now, False
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
-    return stanza_id, min(stamp.timestamp(), now), True
+def recover_since(position_ts: float | None, joined_on_server: float | None,
+                  server_now: float) -> float | None:
+    """From when to recover, on the server's clock: the last delivered
+    message, or, when none was delivered (a quiet room, or a crash before
+    the lazy position write), the last successful join. None on a first
+    join: a bot has missed nothing before it ever joined. Never after the
+    server's now (a position from a bad clock or an older muc_guard must not
+    switch recovery off), and a little earlier than our own stamp: clocks
+    differ, and deduplication drops the repeats."""
+    last = position_ts if position_ts is not None else joined_on_server
+    if last is None:
+        return None
+    return min(last, server_now) - DIGEST_TOLERANCE
 
 
 class RoomStream:
@@ -151,11 +135,10 @@ class RoomStream:
     :attr:`_base`. 12 bytes a message, a few hundred bytes for most rooms.
     """
 
-    __slots__ = ("room", "position", "_keys", "_stamps", "_base",
+    __slots__ = ("position", "_keys", "_stamps", "_base",
                  "recovering", "buffer", "delivered", "replaying")
 
-    def __init__(self, room: aioxmpp.JID, position: Position | None = None) -> None:
-        self.room = room
+    def __init__(self, position: Position | None = None) -> None:
         self.position = position or Position()
         self._keys: array.array[int] | None = None
         self._stamps: array.array[int] | None = None
@@ -165,25 +148,25 @@ class RoomStream:
         for key, ts in self.position.recent:
             self._remember(_key_from_hex(key), ts)
         #: while True, live messages wait in :attr:`buffer` (archive fetch
-        #: running) with the server's time at their receipt
+        #: running) with their facts and the server's time at their receipt
         self.recovering = False
-        self.buffer: list[tuple[aioxmpp.Message, float]] | None = None
+        self.buffer: list[Buffered] | None = None
         self.delivered = 0
         #: True from a join that asked for history until the room ends its
         #: replay (the subject, or a message the room did not stamp)
         self.replaying = False
 
-    def is_replay(self, message: aioxmpp.Message) -> bool:
-        """Whether `message` is a history copy the room replays on our join:
+    def is_replay(self, room_stamp: float | None) -> bool:
+        """Whether a message is a history copy the room replays on our join:
         it arrives during the replay and carries the room's own ``<delay/>``
-        (Prosody strips an occupant's ``<delay/>`` that names the room).
-        The first message without one ends the replay, as XEP-0045 §7.2.14
-        sends all history before the subject and any live traffic."""
+        (`room_stamp`; Prosody strips an occupant's ``<delay/>`` that names
+        the room). The first message without one ends the replay, as
+        XEP-0045 §7.2.14 sends all history before the subject and any live
+        traffic."""
         if not self.replaying:
             return False
-        for item in getattr(message, "xep0203_delay", None) or ():
-            if item is not None and item.from_ == self.room and item.stamp is not None:
-                return True
+        if room_stamp is not None:
+            return True
         self.replaying = False
         return False
 
@@ -229,27 +212,22 @@ class RoomStream:
             if abs(stamps[i] - at) <= tolerance:
                 return True
 
-    def accept(self, message: aioxmpp.Message, *, now: float, replay: bool = False,
-               archive_id: str | None = None, stamp: float | None = None) -> bool:
-        """True when `message` is new: remember it and advance the position.
+    def accept(self, stanza_id: str | None, nick: str, body: str | None, *, now: float,
+               stamp: float | None = None, delayed: bool = False) -> bool:
+        """True when the message is new: remember it and advance the position.
 
-        `now` is the server's time at receipt; `replay` says the room is
-        replaying history (see :func:`message_facts`). `archive_id` and
-        `stamp` come from a XEP-0313 result (which wraps the message and
-        stamps it outside); the stamp, too, never passes `now`.
+        `stanza_id` is the room's XEP-0359 id (or the archive's id); `now`
+        the server's time at receipt; `stamp` the room's or the archive's
+        time of it (only a replayed or archived copy has one: `delayed`),
+        which never passes `now`. `body` is read only when there is no id.
         """
-        stanza_id, ts, delayed = message_facts(message, self.room, now, replay=replay)
-        if archive_id is not None:
-            stanza_id, delayed = archive_id, True
-        if stamp is not None:
-            ts = min(stamp, now)
+        ts = now if stamp is None else min(stamp, now)
         if stanza_id is not None:
             key = _id_key(stanza_id)
             if self._seen(key):
                 return False
         else:
-            nick = (message.from_.resource or "") if message.from_ is not None else ""
-            key = _digest_key(nick, _body_text(message))
+            key = _digest_key(nick, body or "")
             if delayed:
                 # No id: a history copy of something delivered live shortly before?
                 if self._seen_near(key, ts):
@@ -287,11 +265,3 @@ class RoomStream:
         horizon = self._tenths(last_ts - 2 * DIGEST_TOLERANCE)
         return [(key, at) for key, at in zip(keys, stamps)
                 if at >= horizon and not key & 1][-64:]
-
-
-def _body_text(message: aioxmpp.Message) -> str:
-    body: Any = message.body
-    try:
-        return str(body.any()) if body else ""
-    except (KeyError, AttributeError):
-        return ""

@@ -1,0 +1,620 @@
+"""
+GuardCore: every decision of muc_guard, and no I/O.
+
+Motivation
+==========
+
+A guard must be right about many small things at once: which rooms are
+wanted, which nick we hold, whether a removal was the room's will, when to
+ping, when to rejoin, which message is new. Made inside I/O code, these
+decisions end up spread over callbacks and tasks that each assume another
+will finish the job, and that is where the bugs were. And a second XMPP
+library (slixmpp) must get the same decisions without a copied line.
+
+Solution
+========
+
+As h11 and h2 do for HTTP: a state machine that is told what happened and
+answers what to do. A front-end hands :meth:`GuardCore.handle` an event
+(:mod:`muc_guard.core.events`) with the time, and runs the commands it gets
+back (:mod:`muc_guard.core.commands`) in order, reporting their results as
+events. The clock and the random source are inputs (``now``, ``wall``,
+``Settings.rng``), so every timing rule is tested without sleeping.
+
+The rules live in three parts, each a small class with the core as its
+context: :class:`~muc_guard.core.joins.Joiner` (joining and rejoining),
+:class:`~muc_guard.core.pings.Pinger` (self-pings) and
+:class:`~muc_guard.core.nicks.Nicks` (our nick). This module holds the
+dispatch table, the requests, the stream, presences, drops and giving up.
+
+Two inputs bypass events because they come with every stanza:
+:meth:`GuardCore.traffic` and :meth:`GuardCore.offer`. They allocate nothing
+when nothing changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from .commands import (
+    ArmTimer,
+    CancelTimer,
+    Command,
+    Detach,
+    Dropped,
+    Forget,
+    GaveUp,
+    Persist,
+    QueryArchiveSupport,
+    Rejoined,
+    ResolveWaiters,
+    SendSelfPing,
+)
+from .continuity import RoomStream
+from .events import (
+    ArchiveRead,
+    ArchiveSupport,
+    ErrorFromRoom,
+    Event,
+    JoinFailed,
+    JoinRequested,
+    JoinSucceeded,
+    LeaveRequested,
+    NickRequested,
+    NickSent,
+    PingReplied,
+    PresenceKind,
+    RoomPresence,
+    StoreLoaded,
+    StreamDown,
+    StreamResumed,
+    StreamSuspended,
+    StreamUp,
+    SubjectSeen,
+    TimerFired,
+    TimerKind,
+)
+from .joins import Joiner
+from .nicks import Nicks
+from .pings import Pinger
+from .policy import Cause, Decision, classify_removal, decide
+from .record import Phase, RoomRecord, State, merge_stored
+from .settings import Settings
+
+__all__ = ["GuardCore", "STATUS_SELF", "NOT_NEW", "LIVE", "REPLAYED"]
+
+logger = logging.getLogger("muc_guard.core")
+
+STATUS_SELF = 110
+#: :meth:`GuardCore.offer` verdicts
+NOT_NEW, LIVE, REPLAYED = 0, 1, 2
+_BITS = {kind: 1 << i for i, kind in enumerate(TimerKind)}
+_ROOM_TIMERS = tuple(kind for kind in TimerKind if kind is not TimerKind.PACE)
+
+
+class GuardCore:
+    """Keeps one client in the rooms it wants, as a pure state machine."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.rooms: dict[Hashable, RoomRecord] = {}
+        self.stream_up = False
+        self.closed = False
+        #: the stream's resource now, and the one our occupants had when we
+        #: last knew them (the stored one after a restart, the old stream's
+        #: after a loss): a probe makes sense only while they are equal
+        self.resource: str | None = None
+        self.occupant_resource: str | None = None
+        #: the core's clock (monotonic) and the wall clock (UNIX time) of the
+        #: event being handled
+        self.now = 0.0
+        self.wall = 0.0
+        self._out: list[Command] = []
+        self._attempts = itertools.count(1)
+        self.joins = Joiner(self)
+        self.pings = Pinger(self)
+        self.nicks = Nicks(self)
+        self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            JoinRequested: self._join_requested,
+            LeaveRequested: self._leave_requested,
+            NickRequested: self._nick_requested,
+            NickSent: self._room_event(self.nicks.sent),
+            StoreLoaded: self._store_loaded,
+            StreamUp: self._stream_up,
+            StreamDown: self._stream_down,
+            StreamSuspended: self._stream_suspended,
+            StreamResumed: self._stream_resumed,
+            RoomPresence: self._room_event(self._presence),
+            ErrorFromRoom: self._room_event(lambda rec, _: self.pings.soon(rec)),
+            SubjectSeen: self._room_event(self._subject),
+            PingReplied: self._room_event(self._ping_replied),
+            JoinSucceeded: self._room_event(self._join_result(self.joins.succeeded)),
+            JoinFailed: self._room_event(self._join_result(self.joins.failed)),
+            ArchiveSupport: self._room_event(self._archive_support),
+            ArchiveRead: self._room_event(self._archive_read),
+            TimerFired: self._timer_fired,
+        }
+        self._timer_handlers: dict[TimerKind, Callable[[RoomRecord], None]] = {
+            TimerKind.JOIN: self._join_timer,
+            TimerKind.PING: self.pings.due,
+            TimerKind.NICK: self.nicks.unanswered,
+            TimerKind.RECLAIM: self.nicks.reclaim_due,
+            TimerKind.ARCHIVE_CHECK: self._archive_check_due,
+            TimerKind.ARCHIVE_RETRY: self.joins.retry_archive,
+            TimerKind.SIBLINGS: self.pings.siblings_now,
+        }
+
+    # --- the interface --------------------------------------------------------------
+
+    def handle(self, event: Event, now: float, wall: float | None = None) -> list[Command]:
+        """Take one event at core time `now` (and UNIX time `wall`); return
+        the commands to run, in order."""
+        self.now = now
+        if wall is not None:
+            self.wall = wall
+        try:
+            handler = self._handlers[type(event)]
+        except KeyError:
+            raise TypeError(f"not a muc_guard event: {event!r}") from None
+        handler(event)
+        out, self._out = self._out, []
+        return out
+
+    def traffic(self, rec: RoomRecord, now: float) -> None:
+        """A stanza from the room: proof of membership (postpones the ping)."""
+        rec.last_traffic = now
+        rec.judge.reset()
+
+    def offer(self, rec: RoomRecord, message: object, stanza_id: str | None,
+              room_stamp: float | None, nick: str, body: str | None,
+              server_now: float) -> int:
+        """A groupchat message from the room: NOT_NEW (a duplicate, or held
+        back while the archive is read), LIVE or REPLAYED (history the room
+        sent on our join). On LIVE or REPLAYED the front-end delivers it and
+        stores the position lazily. `room_stamp`: the room's own
+        ``<delay/>``, if any; `body` is read only without a stanza-id."""
+        stream = rec.stream
+        if stream is None:
+            stream = self.stream_of(rec)
+        if stream.recovering:
+            if stream.buffer is None:
+                stream.buffer = []
+            stream.buffer.append((message, server_now, stanza_id, nick, body))
+            return NOT_NEW
+        replay = stream.is_replay(room_stamp)
+        if not stream.accept(stanza_id, nick, body, now=server_now,
+                             stamp=room_stamp if replay else None, delayed=replay):
+            return NOT_NEW
+        rec.position = stream.position
+        return REPLAYED if replay else LIVE
+
+    def close(self, now: float) -> list[Command]:
+        """Stop everything; rooms stay wanted (for the next process)."""
+        self.now = now
+        self.closed = True
+        for rec in self.rooms.values():
+            self._halt(rec)
+            self.emit(ResolveWaiters(rec, error="shutdown"))
+        self.pings.queue.clear()
+        self.settings.gate.clear()
+        out, self._out = self._out, []
+        return out
+
+    def set_ping_idle(self, value: float, now: float) -> list[Command]:
+        value = float(value)
+        if value <= 0:
+            raise ValueError("ping_idle must be positive")
+        self.now = now
+        self.settings.ping_idle = value
+        self.pings.rearm_all()
+        out, self._out = self._out, []
+        return out
+
+    # --- for the parts --------------------------------------------------------------
+
+    def emit(self, command: Command) -> None:
+        self._out.append(command)
+
+    def new_attempt(self) -> int:
+        return next(self._attempts)
+
+    def arm(self, rec: RoomRecord, kind: TimerKind, at: float) -> None:
+        rec.timers |= _BITS[kind]
+        self._out.append(ArmTimer(rec, kind, at))
+
+    def arm_global(self, kind: TimerKind, at: float) -> None:
+        self._out.append(ArmTimer(None, kind, at))
+
+    def cancel(self, rec: RoomRecord, kind: TimerKind) -> None:
+        bit = _BITS[kind]
+        if rec.timers & bit:
+            rec.timers &= ~bit
+            self._out.append(CancelTimer(rec, kind))
+
+    @staticmethod
+    def armed(rec: RoomRecord, kind: TimerKind) -> bool:
+        return bool(rec.timers & _BITS[kind])
+
+    def stream_of(self, rec: RoomRecord) -> RoomStream:
+        if rec.stream is None:
+            rec.stream = RoomStream(rec.position)
+        return rec.stream
+
+    def send_probe(self, rec: RoomRecord) -> None:
+        self.emit(SendSelfPing(rec, rec.attempt, rec.nick,
+                               self.settings.probe_timeout, probe=True))
+
+    def learn_archive(self, rec: RoomRecord, found: bool) -> None:
+        changed = found != rec.has_archive
+        rec.has_archive = found
+        rec.archive_checked = True
+        logger.debug("%s: archive %s", rec.jid, "yes" if found else "no")
+        if changed:
+            self._persist(rec)    # stored: a restart need not ask before joining
+
+    def _persist(self, rec: RoomRecord, now: bool = False) -> None:
+        if self.rooms.get(rec.jid) is rec:
+            self.emit(Persist(rec, now=now))
+
+    # --- requests -------------------------------------------------------------------
+
+    def _join_requested(self, event: JoinRequested) -> None:
+        if self.closed:
+            raise RuntimeError("muc_guard is shut down")
+        rec = self.rooms.get(event.room)
+        if rec is None:
+            rec = RoomRecord(jid=event.room, service=event.service,
+                             requested_nick=event.nick, nick=event.nick,
+                             password=event.password, added=self.wall)
+            self.rooms[event.room] = rec
+            self.emit(Persist(rec, now=True))
+            self.joins.start(rec, 0.0)
+            return
+        if rec.state is State.JOINED:
+            if event.password is not None and event.password != rec.password:
+                rec.password = event.password
+                self.emit(Persist(rec, now=True))
+            if event.nick not in (rec.nick, rec.requested_nick):
+                self.nicks.request(rec, event.nick)
+            return
+        rewanted = rec.state is State.GAVE_UP
+        if rewanted:
+            rec.state = State.JOINING
+            rec.announce_rejoin = False
+        if rewanted or event.nick != rec.requested_nick:
+            rec.requested_nick = rec.nick = event.nick
+        if event.password is not None:
+            rec.password = event.password
+        self.emit(Persist(rec, now=True))
+        self.joins.start(rec, 0.0)
+
+    def _leave_requested(self, event: LeaveRequested) -> None:
+        rec = self.rooms.pop(event.room, None)
+        if rec is None:
+            return
+        self._halt(rec)
+        self.emit(ResolveWaiters(rec, error="left"))
+        self.emit(Forget(rec))
+
+    def _nick_requested(self, event: NickRequested) -> None:
+        rec = self.rooms.get(event.room)
+        if rec is None:
+            raise KeyError(f"{event.room} is not tracked")
+        self.nicks.request(rec, event.nick)
+
+    def _store_loaded(self, event: StoreLoaded) -> None:
+        restored = 0
+        for row in event.records:
+            # Joined when the last process ended: a server may have kept
+            # that occupant (e.g. a hibernated XEP-0198 session).
+            probe = event.crashed and row.wanted and row.last_joined is not None and (
+                row.last_dropped is None or row.last_joined >= row.last_dropped)
+            rec = self.rooms.get(row.jid)
+            if rec is not None:
+                # join() before open_store(): its wishes win, the stored
+                # knowledge (position, drops, archive) is kept.
+                merge_stored(rec, row)
+                if rec.state is not State.JOINED and row.wanted and rec.wanted:
+                    rec.announce_rejoin = True
+                    rec.probe = probe
+                continue
+            row.confirmed = True
+            row.announce_rejoin = row.wanted
+            row.probe = probe
+            self.rooms[row.jid] = row
+            if row.wanted:
+                restored += 1
+                self.joins.start(row, 0.0)
+        for rec in self.rooms.values():
+            self.emit(Persist(rec))
+        logger.info("%d stored room(s), %d to rejoin", len(event.records), restored)
+
+    # --- the stream -----------------------------------------------------------------
+
+    def _stream_up(self, event: StreamUp) -> None:
+        self.stream_up = True
+        self.resource = event.resource
+        for rec in list(self.rooms.values()):
+            if rec.wanted and rec.state is not State.JOINED:
+                if rec.phase is Phase.STREAM:
+                    self.joins.ready(rec)
+                else:
+                    self.joins.start(rec, 0.0)
+
+    def _stream_down(self, event: StreamDown) -> None:
+        self.stream_up = False
+        self.occupant_resource = event.resource
+        lost = [rec for rec in self.rooms.values() if rec.state is State.JOINED]
+        if lost:
+            logger.warning("stream lost%s: %d room(s) to rejoin",
+                           f" ({event.reason})" if event.reason is not None else "", len(lost))
+        for rec in lost:
+            if self.settings.probe_before_rejoin:
+                self._suspect(rec)
+            else:
+                self.dropped(rec, Cause.STREAM_LOST)
+
+    def _stream_suspended(self, event: StreamSuspended) -> None:
+        self.stream_up = False   # XEP-0198 hibernation: pings and joins wait
+
+    def _stream_resumed(self, event: StreamResumed) -> None:
+        self.stream_up = True
+        self.pings.rearm_all()
+        for rec in list(self.rooms.values()):
+            if rec.phase is Phase.STREAM:
+                self.joins.ready(rec)
+
+    # --- facts from the room --------------------------------------------------------
+
+    def _room_event(self, handler: Callable[[RoomRecord, Any], None]
+                    ) -> Callable[[Any], None]:
+        """Events about an untracked room (left meanwhile) are dropped."""
+        rooms = self.rooms
+
+        def for_room(event: Any) -> None:
+            rec = rooms.get(event.room)
+            if rec is not None:
+                handler(rec, event)
+        return for_room
+
+    def _presence(self, rec: RoomRecord, event: RoomPresence) -> None:
+        nicks = self.nicks
+        if event.kind is PresenceKind.ERROR:
+            # Join errors reach the join attempt; this is about our own nick
+            # change being refused (e.g. 409), also what a room that silently
+            # dropped us answers.
+            if rec.nick_change_pending and event.nick == rec.pending_nick:
+                logger.info("%s: nick %r refused", rec.jid, rec.pending_nick)
+                nicks.end(rec, check=True)
+            return
+        if rec.state is not State.JOINED:
+            return  # the join attempt in progress handles its own presences
+        codes = event.codes
+        if event.kind is PresenceKind.AVAILABLE:
+            self.traffic(rec, self.now)
+            if STATUS_SELF in codes and rec.nick_change_pending:
+                # Any self-presence answers the change; only the nick we
+                # asked for (or the 303 named) is adopted.
+                if event.nick == rec.pending_nick:
+                    nicks.changed(rec, event.nick)
+                else:
+                    nicks.end(rec, check=event.nick != rec.nick)
+            return
+        if rec.nick_change_pending and event.nick == rec.pending_nick != rec.nick:
+            logger.info("%s: nick change to %r answered with unavailable", rec.jid,
+                        rec.pending_nick)
+            nicks.end(rec, check=True)   # the room may have lost us
+            return
+        if event.nick != rec.nick:
+            self.traffic(rec, self.now)   # another occupant left
+            return
+        if STATUS_SELF not in codes:
+            logger.info("%s: unavailable presence from our occupant JID without 110",
+                        rec.jid)
+        # A removal marker beats 303, as in the policy table (a destroyed room
+        # is not a nick change).
+        cause = classify_removal(codes, destroyed=event.destroyed)
+        if cause is None:
+            nicks.begin(rec, event.new_nick)
+            return
+        logger.debug("%s: unavailable self-presence, codes %s -> %s", rec.jid,
+                     sorted(codes), cause.name)
+        self.dropped(rec, cause, event.reason)
+
+    def _subject(self, rec: RoomRecord, event: SubjectSeen) -> None:
+        if rec.stream is not None:
+            rec.stream.replaying = False   # the subject ends the history
+
+    # --- results --------------------------------------------------------------------
+
+    def _ping_replied(self, rec: RoomRecord, event: PingReplied) -> None:
+        if rec.phase is Phase.PROBE and event.attempt == rec.attempt:
+            self.joins.probe_replied(rec, event)
+        elif event.attempt == rec.ping:
+            self.pings.replied(rec, event)
+
+    def _join_result(self, handler: Callable[[RoomRecord, Any], None]
+                     ) -> Callable[[RoomRecord, Any], None]:
+        def checked(rec: RoomRecord, event: JoinSucceeded | JoinFailed) -> None:
+            if rec.phase is Phase.JOIN and event.attempt == rec.attempt:
+                handler(rec, event)
+        return checked
+
+    def _archive_support(self, rec: RoomRecord, event: ArchiveSupport) -> None:
+        if event.attempt:
+            if rec.phase is Phase.ARCHIVE and event.attempt == rec.attempt:
+                self.joins.archive_answered(rec, event)
+        elif event.found is not None and rec.state is State.JOINED:
+            self.learn_archive(rec, event.found)
+
+    def _archive_read(self, rec: RoomRecord, event: ArchiveRead) -> None:
+        if rec.phase is Phase.RECOVER and event.attempt == rec.attempt:
+            self.joins.archive_read(rec, event)
+
+    def _timer_fired(self, event: TimerFired) -> None:
+        if event.room is None:
+            if event.kind is TimerKind.PACE:
+                self.pings.drain()
+            return
+        rec = self.rooms.get(event.room)
+        bit = _BITS[event.kind]
+        if rec is None or not rec.timers & bit:
+            return    # cancelled or re-armed meanwhile
+        rec.timers &= ~bit
+        self._timer_handlers[event.kind](rec)
+
+    def _join_timer(self, rec: RoomRecord) -> None:
+        if rec.phase is Phase.TIMER:
+            self.joins.ready(rec)
+
+    def _archive_check_due(self, rec: RoomRecord) -> None:
+        if rec.state is State.JOINED and not self.closed:
+            self.emit(QueryArchiveSupport(rec, 0))
+
+    # --- joined, dropped, gone ------------------------------------------------------
+
+    def joined(self, rec: RoomRecord, nick: str | None) -> None:
+        """The join of the current attempt succeeded."""
+        if rec.drop_pending:    # this join ends a drop that _count_flap saw
+            rec.drop_pending = False
+            rec.rejoined_at = self.now
+        rec.state = State.JOINED
+        if nick and nick != rec.nick:
+            logger.info("%s: the room gave us nick %r instead of %r", rec.jid, nick, rec.nick)
+            rec.nick = nick
+        rec.confirmed = True
+        self.nicks.end(rec)
+        if rec.last_dropped is not None and (rec.last_joined is None
+                                             or rec.last_joined < rec.last_dropped):
+            rec.last_downtime = self.wall - rec.last_dropped   # this join ends that outage
+        rec.last_joined = self.wall
+        self.traffic(rec, self.now)
+        self._persist(rec)
+        self.emit(ResolveWaiters(rec, joined=True))
+        self.pings.arm(rec)
+        if self.settings.use_archive and not rec.archive_checked:
+            # Learn it (or, when the store knew it, refresh it: rooms can be
+            # reconfigured) off the rejoin path a later drop will take; when
+            # the store knew it, in the second minute: a restart with many
+            # rooms must not double its burst of queries.
+            rec.archive_checked = True
+            if rec.has_archive is None:
+                self.emit(QueryArchiveSupport(rec, 0))
+            else:
+                self.arm(rec, TimerKind.ARCHIVE_CHECK,
+                         self.now + self.settings.rng.uniform(60, 120))
+        if rec.preferred_nick == rec.nick:
+            rec.preferred_nick = None
+        self.nicks.arm_reclaim(rec)
+        announce = rec.announce_rejoin
+        rec.announce_rejoin = False
+        logger.info("%s: %s as %r", rec.jid, "rejoined" if announce else "joined", rec.nick)
+        if announce:
+            self.emit(Rejoined(rec))
+
+    def dropped(self, rec: RoomRecord, cause: Cause, reason: str | None = None) -> None:
+        """We are no longer in a joined room: rejoin, or respect its will."""
+        if self.rooms.get(rec.jid) is not rec or rec.state is not State.JOINED:
+            return
+        self._detach(rec)
+        self._record_drop(rec, cause, self.wall)
+        decision = decide(cause)
+        logger.warning("%s: dropped (%s%s); %s", rec.jid, cause.value,
+                       f": {reason}" if reason else "", decision.value)
+        if decision is Decision.GIVE_UP:
+            self.give_up(rec, cause, dropped=True)
+            return
+        rec.state = State.REJOINING
+        rec.announce_rejoin = True
+        self._persist(rec)
+        self.emit(Dropped(rec, cause))
+        flaps = self._count_flap(rec, cause)
+        self.joins.start(rec, self.settings.backoff.first_delay(cause, flaps), flaps)
+        if cause is not Cause.STREAM_LOST:
+            self.pings.schedule_siblings(rec)
+
+    def _suspect(self, rec: RoomRecord) -> None:
+        """The stream is gone, and with it maybe (not surely) our occupant:
+        the server may keep it. The join sequence self-pings first; only a
+        room that let us go counts as a drop (confirm_suspected_drop)."""
+        self._detach(rec)
+        rec.state = State.REJOINING
+        rec.probe = True
+        rec.suspect_since = self.wall
+        self.joins.start(rec, 0.0)
+
+    def confirm_suspected_drop(self, rec: RoomRecord) -> None:
+        """The probe after a lost stream says we are out: now it is a drop."""
+        since, rec.suspect_since = rec.suspect_since, None
+        if since is None:
+            return
+        self._record_drop(rec, Cause.STREAM_LOST, since)
+        rec.announce_rejoin = True
+        self._persist(rec)
+        logger.warning("%s: dropped (%s); rejoin", rec.jid, Cause.STREAM_LOST.value)
+        self.emit(Dropped(rec, Cause.STREAM_LOST))
+
+    @staticmethod
+    def _record_drop(rec: RoomRecord, cause: Cause, at: float) -> None:
+        rec.drops += 1
+        rec.last_cause = cause
+        rec.last_dropped = at
+
+    def _count_flap(self, rec: RoomRecord, cause: Cause) -> int:
+        """A drop within backoff_max of the rejoin that ended the last drop
+        continues that failure sequence (see backoff.py); a stream loss is
+        the connection's failure, not the room's, and counts nothing."""
+        if cause is Cause.STREAM_LOST:
+            return 0
+        since = self.now - rec.rejoined_at if rec.rejoined_at is not None else None
+        rec.flaps = (rec.flaps + 1 if since is not None
+                     and since < self.settings.backoff.maximum else 0)
+        rec.rejoined_at, rec.drop_pending = None, True
+        return rec.flaps
+
+    def _detach(self, rec: RoomRecord) -> None:
+        """Stop watching a room we are (maybe) no longer in."""
+        self.pings.stop(rec)
+        self.nicks.end(rec)
+        self.cancel(rec, TimerKind.RECLAIM)
+        if rec.phase is Phase.RECOVER:
+            self.joins.abort(rec)
+        self.emit(Detach(rec))
+
+    def _halt(self, rec: RoomRecord) -> None:
+        """No more work for this room: sequence, timers, pings."""
+        self.joins.abort(rec)
+        for kind in _ROOM_TIMERS:
+            self.cancel(rec, kind)
+        rec.ping = 0
+        rec.pending_nick = None
+        rec.check_siblings = False
+
+    def give_up(self, rec: RoomRecord, cause: Cause, exc: BaseException | None = None,
+                *, dropped: bool = False) -> None:
+        rec.state = State.GAVE_UP
+        rec.last_cause = cause
+        self._halt(rec)
+        self.emit(Detach(rec))
+        # A crash must not lead to a rejoin against the room's will.
+        self._persist(rec, now=True)
+        self.emit(ResolveWaiters(rec, error="gave-up", cause=cause, exception=exc))
+        logger.warning("%s: gave up (%s)", rec.jid, cause.value)
+        if dropped:
+            self.emit(Dropped(rec, cause))
+        self.emit(GaveUp(rec, cause))
+
+    def join_refused(self, rec: RoomRecord, condition: str,
+                     exc: BaseException | None) -> None:
+        """A permanent error on the first join() of a room never joined:
+        raise it, do not keep the room. (A known room follows the rejoin
+        rules, and only give_up ends it.)"""
+        logger.warning("%s: join refused (%s)", rec.jid, condition)
+        self._halt(rec)
+        self.emit(ResolveWaiters(rec, error="refused", exception=exc))
+        self.emit(Detach(rec))
+        self.rooms.pop(rec.jid, None)
+        self.emit(Forget(rec))
