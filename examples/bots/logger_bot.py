@@ -46,7 +46,7 @@ from typing import TextIO
 import aioxmpp
 
 import common
-from muc_guard.core.continuity import message_facts
+from muc_guard.aioxmpp.facts import room_stamp_of
 
 logger = logging.getLogger("muc_guard.examples.logger")
 
@@ -77,7 +77,8 @@ def log_path(log_dir: pathlib.Path, room: aioxmpp.JID) -> pathlib.Path:
 
 
 def format_line(message: aioxmpp.Message, room: aioxmpp.JID) -> str:
-    _, stamp, _ = message_facts(message, room, time.time())
+    # The room's own <delay/> (a recovered copy); any other is the sender's claim.
+    stamp = room_stamp_of(message, room) or time.time()
     when = datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
     nick = message.from_.resource if message.from_ is not None else None
     return (f"{when.isoformat(timespec='milliseconds')}\t{escape(nick or '')}\t"

@@ -93,11 +93,11 @@ def test_demo_tells_the_whole_story_and_cleans_up(tmp_path, args):
         logs = sorted(p.name for p in (work_dirs[0] / "logs").iterdir())
         assert logs == [f"{room}@conference.localhost.log" for room in ("dev", "lobby", "ops")]
         assert (work_dirs[0] / "bot.db").exists()
-        assert "muc_guard: lobby@conference.localhost: joined as" in out   # -v: every bot line
+        assert "muc_guard.core: lobby@conference.localhost: joined as" in out   # -v: every bot line
         shutil.rmtree(work_dirs[0])
     else:
         assert work_dirs == [], "the work dir is removed without --keep"
-        assert "muc_guard: lobby@conference.localhost: joined as" not in out
+        assert "muc_guard.core: lobby@conference.localhost: joined as" not in out
 
 
 def test_demo_help_reads_well(tmp_path):

@@ -128,7 +128,7 @@ async def bot_in_every_room(server: ProsodyServer, rooms: list[aioxmpp.JID],
 def attempt_bound(backoff: Any, seconds: float) -> int:
     """Most join attempts the backoff allows while a room removes us right
     after every join for `seconds`: one at once, then one per delay, each
-    at least half of its ceiling (see muc_guard.rejoin)."""
+    at least half of its ceiling (see muc_guard.core.backoff)."""
     attempts, elapsed, failures = 1, 0.0, 1
     while elapsed + backoff.ceiling(failures) / 2 <= seconds:
         elapsed += backoff.ceiling(failures) / 2
@@ -174,7 +174,7 @@ async def test_flapping_room_stays_within_the_backoff_bound(prosody, make_client
     back = time.monotonic() - stopped
     assert await occupant_nicks_of(prosody, room_jid, jid) == ["bot"]
 
-    bound = attempt_bound(bot.guard._guard.backoff, seconds)
+    bound = attempt_bound(bot.guard._guard.settings.backoff, seconds)
     fault_report(seconds=seconds, kick_attempts=tick, kicks=kicks, join_attempts=len(during),
                  bound=bound, back_after_s=round(back, 2), cap_s=cap)
     assert len(during) <= bound, (len(during), bound, [round(t - start, 2) for t in during])

@@ -71,7 +71,7 @@ async def test_rejoins_after_technical_removal(prosody, bot, room_jid, codes, ca
 
 
 async def test_rejoins_after_332_with_a_jittered_pause(prosody, bot, room_jid):
-    bot.guard._guard.backoff._rng = random.Random(7)   # deterministic jitter
+    bot.guard._guard.settings.backoff._rng = random.Random(7)   # deterministic jitter
     expected = random.Random(7).uniform(1.0, 10.0)
     await bot.guard.join(room_jid, "bot")
     await prosody.kick_with_codes(room_jid, "bot", [332])

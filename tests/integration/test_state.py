@@ -1,6 +1,6 @@
 """Room state that must never get stuck, on a real Prosody (issue #12).
 
-Each scenario ends with the invariant check of muc_guard.invariants: a
+Each scenario ends with the invariant check of muc_guard.core.invariants: a
 wanted room that is not joined has exactly one join pending, a joined room a
 self-ping pending, a given-up room neither.
 """
