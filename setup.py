@@ -38,6 +38,10 @@ setup(
             "hypothesis>=6",
             "trustme>=1.1",    # muc_guard.testing.certs: the tests' private CA
             "time-machine>=2.10",   # the bot's clock shifted against the server's
+            # scripts/run-tests lints and type checks (settings: pyproject.toml);
+            # pinned, as a new release may bring new findings.
+            "ruff==0.17.6",
+            "mypy==2.4.1",
         ],
     },
     classifiers=[

@@ -321,7 +321,8 @@ class _Collector:
             return
         stamp = forwarded.delay.stamp
         if not isinstance(stamp, datetime):
-            logger.debug("%s: archive result %s has no usable stamp; skipped", self.room, archive_id)
+            logger.debug("%s: archive result %s has no usable stamp; skipped",
+                         self.room, archive_id)
             return
         if archive_id in self.seen:
             logger.debug("%s: archive result %s repeated; skipped", self.room, archive_id)

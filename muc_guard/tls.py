@@ -171,7 +171,8 @@ def _verify_callback(self: Any, conn: Any, x509: Any, errno: int, depth: int,
     return True
 
 
-def context_factory(ca_file: str | os.PathLike[str] | None = None) -> Callable[[], OpenSSL.SSL.Context]:
+def context_factory(
+        ca_file: str | os.PathLike[str] | None = None) -> Callable[[], OpenSSL.SSL.Context]:
     """An ``ssl_context_factory`` for :func:`aioxmpp.make_security_layer` that also
     trusts the CA certificates (PEM) in `ca_file`, e.g. a company's private CA::
 

@@ -111,7 +111,7 @@ async def known_room(server, make_client, account, room_jid, db, *, kicks: int =
     first.guard.on_message.connect(lambda r, m, **kw: seen.append(m.body.any()))
     await first.start()
     await first.guard.join(room_jid, "bot")
-    for i in range(kicks):
+    for _ in range(kicks):
         after = len(first.events)
         await server.kick_with_codes(room_jid, "bot", [333])
         await first.wait_event("rejoined", room_jid, after=after)

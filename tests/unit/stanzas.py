@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import aioxmpp
 import aioxmpp.xml
 import aioxmpp.xso

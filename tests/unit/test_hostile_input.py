@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from muc_guard import Cause, Decision, State
+from muc_guard import Decision, State
 from muc_guard.core.policy import classify_removal, decide
 from harness import ROOM, ROOM_JID, Harness
 from stanzas import parse
