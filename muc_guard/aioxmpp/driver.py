@@ -222,8 +222,6 @@ class GuardDriver:
         self.writer = StoreWriter(store, self.account)
         self._closer = await StoreCloser.watch(store, self.writer)
         await self._adopt_stored_resource(store)
-        for row in stored:
-            row.service = row.jid.domain
         self._feed_now(StoreLoaded(tuple(stored), crashed))
         logger.info("store %r opened for %s", store.path, self.account)
 

@@ -335,7 +335,7 @@ class CommandRunner:
 
     async def _self_ping(self, c: cmd.SendSelfPing) -> PingReplied:
         """XEP-0410: ping our own occupant JID."""
-        jid = c.rec.jid
+        jid: Any = c.rec.jid     # an aioxmpp.JID: this front-end made the record
         try:
             await self.client.send(
                 aioxmpp.IQ(to=jid.replace(resource=c.nick), type_=aioxmpp.IQType.GET,

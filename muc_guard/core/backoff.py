@@ -78,9 +78,9 @@ class Backoff:
     def ceiling(self, failures: int) -> float:
         """Upper bound of the delay after `failures` consecutive failures (≥1)."""
         exponent = min(max(failures, 1), 32)   # 2**32 s is past any cap
-        return min(self.maximum, self.minimum * (2 ** exponent))
+        return min(self.maximum, self.minimum * float(1 << exponent))
 
     def delay(self, failures: int) -> float:
         """Delay before the next attempt after `failures` consecutive failures."""
         ceiling = self.ceiling(failures)
-        return self._rng.uniform(ceiling / 2, ceiling)
+        return float(self._rng.uniform(ceiling / 2, ceiling))

@@ -27,10 +27,9 @@ __all__ = [
     "Dropped", "Rejoined", "GaveUp", "Deliver", "ResolveWaiters",
 ]
 
-_frozen = dataclasses.dataclass(frozen=True, slots=True)
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class SendJoin:
     """Join (or rejoin) the room; answer with JoinSucceeded or JoinFailed.
 
@@ -52,14 +51,14 @@ class SendJoin:
     rejoin: bool
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class CancelJoin:
     """Stop whatever runs for the room's join (attempt, probe, archive read)."""
 
     rec: RoomRecord
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class SendSelfPing:
     """XEP-0410: ping our own occupant JID; answer with PingReplied.
     `probe`: the check before a rejoin (after a lost stream or a crash)."""
@@ -71,7 +70,7 @@ class SendSelfPing:
     probe: bool = False
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class SendNick:
     """Ask the room for `nick`; answer with NickSent (and the room's presence).
     `explicit`: the user's own request, which its caller awaits (set_nick)."""
@@ -81,7 +80,7 @@ class SendNick:
     explicit: bool = False
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class QueryArchiveSupport:
     """Does the room advertise XEP-0313? Answer with ArchiveSupport."""
 
@@ -89,7 +88,7 @@ class QueryArchiveSupport:
     attempt: int
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class ReadArchive:
     """Read the archive after (`after_id`, else from `since_ts`); answer with ArchiveRead."""
 
@@ -101,7 +100,7 @@ class ReadArchive:
     limit: int
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class ArmTimer:
     """(Re)arm the room's timer of `kind` to fire at `at` (the core's clock);
     answer with TimerFired. Arming replaces an armed timer of that kind."""
@@ -111,13 +110,13 @@ class ArmTimer:
     at: float
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class CancelTimer:
     rec: RoomRecord | None
     kind: TimerKind
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Detach:
     """We are (maybe) no longer in the room: forget its Room object and
     stop the self-ping in flight."""
@@ -125,7 +124,7 @@ class Detach:
     rec: RoomRecord
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Persist:
     """Store the room's record: within the batch delay, or `now`."""
 
@@ -133,14 +132,14 @@ class Persist:
     now: bool = False
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Forget:
     """Delete the room's record from the store."""
 
     rec: RoomRecord
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Dropped:
     """Signal: a removal we did not ask for."""
 
@@ -148,14 +147,14 @@ class Dropped:
     cause: Cause
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Rejoined:
     """Signal: back in the room after a drop or a restart."""
 
     rec: RoomRecord
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class GaveUp:
     """Signal: the guard will not rejoin on its own."""
 
@@ -163,7 +162,7 @@ class GaveUp:
     cause: Cause
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Deliver:
     """Hand a message to the user (on_message), exactly once; the room's
     position moved with it (store it lazily)."""
@@ -174,7 +173,7 @@ class Deliver:
     own: bool
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class ResolveWaiters:
     """Wake the join() calls waiting for the room: with its Room when
     `error` is None and `joined`, else with `error` (or the exception the

@@ -33,7 +33,6 @@ __all__ = [
     "ArchiveSupport", "ArchiveRead", "ArchivedMessage", "TimerFired",
 ]
 
-_frozen = dataclasses.dataclass(frozen=True, slots=True)
 
 
 class TimerKind(enum.Enum):
@@ -52,7 +51,7 @@ class TimerKind(enum.Enum):
 # --- requests (the user's calls) ----------------------------------------------------
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class JoinRequested:
     """``join()``: want this room. `password` None keeps a known one."""
 
@@ -62,12 +61,12 @@ class JoinRequested:
     password: str | None = None
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class LeaveRequested:
     room: Hashable
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class NickRequested:
     """``set_nick()``."""
 
@@ -75,7 +74,7 @@ class NickRequested:
     nick: str
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class NickSent:
     """How a :class:`~muc_guard.core.commands.SendNick` went: the room
     confirmed it (`ok`), or refused or never answered it."""
@@ -86,7 +85,7 @@ class NickSent:
     explicit: bool = False
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class StoreLoaded:
     """The records a store held for this account. `crashed`: the last
     process did not end cleanly, so an occupant of it may still be in a room."""
@@ -98,14 +97,14 @@ class StoreLoaded:
 # --- the stream -----------------------------------------------------------------
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class StreamUp:
     """A new stream, bound to `resource`."""
 
     resource: str | None = None
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class StreamDown:
     """The stream is gone (no resumption); `resource` was its resource."""
 
@@ -113,12 +112,12 @@ class StreamDown:
     reason: str | None = None
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class StreamSuspended:
     """XEP-0198 hibernation: the rooms may survive."""
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class StreamResumed:
     pass
 
@@ -132,7 +131,7 @@ class PresenceKind(enum.Enum):
     ERROR = "error"
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class RoomPresence:
     """A presence from an occupant JID of the room, reduced to its facts.
 
@@ -151,14 +150,14 @@ class RoomPresence:
     reason: str | None = None
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class ErrorFromRoom:
     """A message error from the room: a reason to check, not proof."""
 
     room: Hashable
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class SubjectSeen:
     """The subject ends the room's history replay (XEP-0045 §7.2.14)."""
 
@@ -168,7 +167,7 @@ class SubjectSeen:
 # --- results of commands ------------------------------------------------------------
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class PingReplied:
     """The reply to a :class:`~muc_guard.core.commands.SendSelfPing`.
 
@@ -182,7 +181,7 @@ class PingReplied:
     aborted: bool = False
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class JoinSucceeded:
     room: Hashable
     attempt: int
@@ -197,7 +196,7 @@ class JoinFailure(enum.Enum):
     CRASH = "crash"            #: a bug: logged by the front-end, retried
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class JoinFailed:
     room: Hashable
     attempt: int
@@ -208,7 +207,7 @@ class JoinFailed:
     exception: BaseException | None = dataclasses.field(default=None, compare=False)
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class ArchiveSupport:
     """Whether the room advertises XEP-0313 (None: no answer)."""
 
@@ -217,7 +216,7 @@ class ArchiveSupport:
     attempt: int = 0       #: the join attempt that asked, 0 for a later check
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class ArchivedMessage:
     message: object        #: the front-end's message, handed back to it
     archive_id: str
@@ -227,7 +226,7 @@ class ArchivedMessage:
     body: str
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class ArchiveRead:
     """One read of the archive after the position (see muc_guard.recovery)."""
 
@@ -245,7 +244,7 @@ class ArchiveRead:
     server_now: float = 0.0
 
 
-@_frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class TimerFired:
     room: Hashable | None
     kind: TimerKind

@@ -14,7 +14,6 @@ import aioxmpp
 import aioxmpp.ping
 import pytest
 
-import muc_guard
 from muc_guard import Cause, State
 from stanzas import parse, self_available, self_unavailable
 
