@@ -43,13 +43,9 @@ from .commands import (
     ArmTimer,
     CancelTimer,
     Command,
-    Detach,
-    Dropped,
     Forget,
-    GaveUp,
     Persist,
     QueryArchiveSupport,
-    Rejoined,
     ResolveWaiters,
     SendSelfPing,
 )
@@ -77,10 +73,11 @@ from .events import (
     TimerFired,
     TimerKind,
 )
+from .drops import Drops
 from .joins import Joiner
 from .nicks import Nicks
 from .pings import Pinger
-from .policy import Cause, Decision, classify_removal, decide
+from .policy import Cause, classify_removal
 from .record import Phase, RoomRecord, State, merge_stored
 from .settings import Settings
 
@@ -117,6 +114,7 @@ class GuardCore:
         self.joins = Joiner(self)
         self.pings = Pinger(self)
         self.nicks = Nicks(self)
+        self.drops = Drops(self)
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             JoinRequested: self._join_requested,
             LeaveRequested: self._leave_requested,
@@ -196,7 +194,7 @@ class GuardCore:
         self.now = now
         self.closed = True
         for rec in self.rooms.values():
-            self._halt(rec)
+            self.halt(rec)
             self.emit(ResolveWaiters(rec, error="shutdown"))
         self.pings.queue.clear()
         self.settings.gate.clear()
@@ -253,9 +251,9 @@ class GuardCore:
         rec.archive_checked = True
         logger.debug("%s: archive %s", rec.jid, "yes" if found else "no")
         if changed:
-            self._persist(rec)    # stored: a restart need not ask before joining
+            self.persist(rec)    # stored: a restart need not ask before joining
 
-    def _persist(self, rec: RoomRecord, now: bool = False) -> None:
+    def persist(self, rec: RoomRecord, now: bool = False) -> None:
         if self.rooms.get(rec.jid) is rec:
             self.emit(Persist(rec, now=now))
 
@@ -295,7 +293,7 @@ class GuardCore:
         rec = self.rooms.pop(event.room, None)
         if rec is None:
             return
-        self._halt(rec)
+        self.halt(rec)
         self.emit(ResolveWaiters(rec, error="left"))
         self.emit(Forget(rec))
 
@@ -353,9 +351,9 @@ class GuardCore:
                            f" ({event.reason})" if event.reason is not None else "", len(lost))
         for rec in lost:
             if self.settings.probe_before_rejoin:
-                self._suspect(rec)
+                self.drops.suspect(rec)
             else:
-                self.dropped(rec, Cause.STREAM_LOST)
+                self.drops.dropped(rec, Cause.STREAM_LOST)
 
     def _stream_suspended(self, event: StreamSuspended) -> None:
         self.stream_up = False   # XEP-0198 hibernation: pings and joins wait
@@ -422,7 +420,7 @@ class GuardCore:
             return
         logger.debug("%s: unavailable self-presence, codes %s -> %s", rec.jid,
                      sorted(codes), cause.name)
-        self.dropped(rec, cause, event.reason)
+        self.drops.dropped(rec, cause, event.reason)
 
     def _subject(self, rec: RoomRecord, event: SubjectSeen) -> None:
         if rec.stream is not None:
@@ -474,117 +472,7 @@ class GuardCore:
         if rec.state is State.JOINED and not self.closed:
             self.emit(QueryArchiveSupport(rec, 0))
 
-    # --- joined, dropped, gone ------------------------------------------------------
-
-    def joined(self, rec: RoomRecord, nick: str | None) -> None:
-        """The join of the current attempt succeeded."""
-        if rec.drop_pending:    # this join ends a drop that _count_flap saw
-            rec.drop_pending = False
-            rec.rejoined_at = self.now
-        rec.state = State.JOINED
-        if nick and nick != rec.nick:
-            logger.info("%s: the room gave us nick %r instead of %r", rec.jid, nick, rec.nick)
-            rec.nick = nick
-        rec.confirmed = True
-        self.nicks.end(rec)
-        if rec.last_dropped is not None and (rec.last_joined is None
-                                             or rec.last_joined < rec.last_dropped):
-            rec.last_downtime = self.wall - rec.last_dropped   # this join ends that outage
-        rec.last_joined = self.wall
-        self.traffic(rec, self.now)
-        self._persist(rec)
-        self.emit(ResolveWaiters(rec, joined=True))
-        self.pings.arm(rec)
-        if self.settings.use_archive and not rec.archive_checked:
-            # Learn it (or, when the store knew it, refresh it: rooms can be
-            # reconfigured) off the rejoin path a later drop will take; when
-            # the store knew it, in the second minute: a restart with many
-            # rooms must not double its burst of queries.
-            rec.archive_checked = True
-            if rec.has_archive is None:
-                self.emit(QueryArchiveSupport(rec, 0))
-            else:
-                self.arm(rec, TimerKind.ARCHIVE_CHECK,
-                         self.now + self.settings.rng.uniform(60, 120))
-        if rec.preferred_nick == rec.nick:
-            rec.preferred_nick = None
-        self.nicks.arm_reclaim(rec)
-        announce = rec.announce_rejoin
-        rec.announce_rejoin = False
-        logger.info("%s: %s as %r", rec.jid, "rejoined" if announce else "joined", rec.nick)
-        if announce:
-            self.emit(Rejoined(rec))
-
-    def dropped(self, rec: RoomRecord, cause: Cause, reason: str | None = None) -> None:
-        """We are no longer in a joined room: rejoin, or respect its will."""
-        if self.rooms.get(rec.jid) is not rec or rec.state is not State.JOINED:
-            return
-        self._detach(rec)
-        self._record_drop(rec, cause, self.wall)
-        decision = decide(cause)
-        logger.warning("%s: dropped (%s%s); %s", rec.jid, cause.value,
-                       f": {reason}" if reason else "", decision.value)
-        if decision is Decision.GIVE_UP:
-            self.give_up(rec, cause, dropped=True)
-            return
-        rec.state = State.REJOINING
-        rec.announce_rejoin = True
-        self._persist(rec)
-        self.emit(Dropped(rec, cause))
-        flaps = self._count_flap(rec, cause)
-        self.joins.start(rec, self.settings.backoff.first_delay(cause, flaps), flaps)
-        if cause is not Cause.STREAM_LOST:
-            self.pings.schedule_siblings(rec)
-
-    def _suspect(self, rec: RoomRecord) -> None:
-        """The stream is gone, and with it maybe (not surely) our occupant:
-        the server may keep it. The join sequence self-pings first; only a
-        room that let us go counts as a drop (confirm_suspected_drop)."""
-        self._detach(rec)
-        rec.state = State.REJOINING
-        rec.probe = True
-        rec.suspect_since = self.wall
-        self.joins.start(rec, 0.0)
-
-    def confirm_suspected_drop(self, rec: RoomRecord) -> None:
-        """The probe after a lost stream says we are out: now it is a drop."""
-        since, rec.suspect_since = rec.suspect_since, None
-        if since is None:
-            return
-        self._record_drop(rec, Cause.STREAM_LOST, since)
-        rec.announce_rejoin = True
-        self._persist(rec)
-        logger.warning("%s: dropped (%s); rejoin", rec.jid, Cause.STREAM_LOST.value)
-        self.emit(Dropped(rec, Cause.STREAM_LOST))
-
-    @staticmethod
-    def _record_drop(rec: RoomRecord, cause: Cause, at: float) -> None:
-        rec.drops += 1
-        rec.last_cause = cause
-        rec.last_dropped = at
-
-    def _count_flap(self, rec: RoomRecord, cause: Cause) -> int:
-        """A drop within backoff_max of the rejoin that ended the last drop
-        continues that failure sequence (see backoff.py); a stream loss is
-        the connection's failure, not the room's, and counts nothing."""
-        if cause is Cause.STREAM_LOST:
-            return 0
-        since = self.now - rec.rejoined_at if rec.rejoined_at is not None else None
-        rec.flaps = (rec.flaps + 1 if since is not None
-                     and since < self.settings.backoff.maximum else 0)
-        rec.rejoined_at, rec.drop_pending = None, True
-        return rec.flaps
-
-    def _detach(self, rec: RoomRecord) -> None:
-        """Stop watching a room we are (maybe) no longer in."""
-        self.pings.stop(rec)
-        self.nicks.end(rec)
-        self.cancel(rec, TimerKind.RECLAIM)
-        if rec.phase is Phase.RECOVER:
-            self.joins.abort(rec)
-        self.emit(Detach(rec))
-
-    def _halt(self, rec: RoomRecord) -> None:
+    def halt(self, rec: RoomRecord) -> None:
         """No more work for this room: sequence, timers, pings."""
         self.joins.abort(rec)
         for kind in _ROOM_TIMERS:
@@ -592,29 +480,3 @@ class GuardCore:
         rec.ping = 0
         rec.pending_nick = None
         rec.check_siblings = False
-
-    def give_up(self, rec: RoomRecord, cause: Cause, exc: BaseException | None = None,
-                *, dropped: bool = False) -> None:
-        rec.state = State.GAVE_UP
-        rec.last_cause = cause
-        self._halt(rec)
-        self.emit(Detach(rec))
-        # A crash must not lead to a rejoin against the room's will.
-        self._persist(rec, now=True)
-        self.emit(ResolveWaiters(rec, error="gave-up", cause=cause, exception=exc))
-        logger.warning("%s: gave up (%s)", rec.jid, cause.value)
-        if dropped:
-            self.emit(Dropped(rec, cause))
-        self.emit(GaveUp(rec, cause))
-
-    def join_refused(self, rec: RoomRecord, condition: str,
-                     exc: BaseException | None) -> None:
-        """A permanent error on the first join() of a room never joined:
-        raise it, do not keep the room. (A known room follows the rejoin
-        rules, and only give_up ends it.)"""
-        logger.warning("%s: join refused (%s)", rec.jid, condition)
-        self._halt(rec)
-        self.emit(ResolveWaiters(rec, error="refused", exception=exc))
-        self.emit(Detach(rec))
-        self.rooms.pop(rec.jid, None)
-        self.emit(Forget(rec))

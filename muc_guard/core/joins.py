@@ -169,7 +169,7 @@ class Joiner:
             rec.suspect_since = None
             rec.announce_rejoin = False   # nothing was lost but the Room object
         else:
-            self.core.confirm_suspected_drop(rec)
+            self.core.drops.confirm_suspected_drop(rec)
 
     def _enter_gate(self, rec: RoomRecord) -> None:
         if self.core.settings.gate.enter(rec.jid):
@@ -227,7 +227,7 @@ class Joiner:
     def succeeded(self, rec: RoomRecord, event: JoinSucceeded) -> None:
         self._release_slot(rec)
         core = self.core
-        core.joined(rec, event.nick)
+        core.drops.joined(rec, event.nick)
         core.pings.siblings_now(rec)
         if rec.stream is not None and rec.stream.recovering:
             rec.phase = Phase.RECOVER
@@ -251,7 +251,7 @@ class Joiner:
                 rec.permanent = 0
                 logger.info("%s: join failed (%s), will retry", rec.jid, condition)
             elif not rec.confirmed:
-                core.join_refused(rec, condition, event.exception)   # raised, not kept
+                core.drops.join_refused(rec, condition, event.exception)   # raised, not kept
                 return
             elif condition == "conflict":
                 rec.conflicts += 1
@@ -262,7 +262,7 @@ class Joiner:
                 logger.warning("%s: join refused (%s), %d/%d", rec.jid, condition,
                                rec.permanent, limit)
                 if rec.permanent >= limit:
-                    core.give_up(rec, Cause.JOIN_ERROR, event.exception)
+                    core.drops.give_up(rec, Cause.JOIN_ERROR, event.exception)
                     return
         elif failure is JoinFailure.CONNECTION and not core.stream_up:
             self.ready(rec)   # wait for the stream, then try at once

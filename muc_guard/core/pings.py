@@ -177,7 +177,7 @@ class Pinger:
         elif outcome is PingOutcome.RETRY:
             self.arm(rec, core.now + core.settings.ping_idle)
         else:
-            core.dropped(rec, Cause.PING, event.condition)
+            core.drops.dropped(rec, Cause.PING, event.condition)
 
     # --- the other rooms of a service -----------------------------------------------
 
