@@ -22,7 +22,7 @@ Solution
   us becomes an event; the commands of an unavailable one run on the next
   loop turn, after MUCClient has processed it.
 * Stream signals become :class:`~muc_guard.core.events.StreamUp` and
-  friends; the :class:`~muc_guard.stream.StreamWatchdog` restarts a client
+  friends; the :class:`~muc_guard.aioxmpp.stream.StreamWatchdog` restarts a client
   whose server vanished without a word.
 * The user's calls (``join``, ``leave``, ``set_nick``, ``open_store``)
   become requests; their waits (a join to complete, a store write) are
@@ -49,8 +49,6 @@ import aioxmpp
 import aioxmpp.errors
 import aioxmpp.muc
 
-from .. import redact
-from ..clock import ServerClock
 from ..closer import StoreCloser
 from ..core.commands import SendNick
 from ..core.events import (
@@ -71,10 +69,10 @@ from ..core.invariants import violations
 from ..core.joins import _RUNNING
 from ..core.record import RoomInfo, RoomRecord, State
 from ..core.settings import Settings
-from ..inbound import sanitize_message, sanitize_presence
 from ..store import Store, StoreError, StoreWriter
-from ..stream import StreamWatchdog
+from . import redact
 from . import runner as _runner
+from .clock import ServerClock
 from .facts import (
     body_text,
     check_nick,
@@ -84,7 +82,9 @@ from .facts import (
     room_stamp_of,
     stanza_id_of,
 )
+from .inbound import sanitize_message, sanitize_presence
 from .runner import CommandRunner, io_of
+from .stream import StreamWatchdog
 
 __all__ = ["GuardDriver"]
 

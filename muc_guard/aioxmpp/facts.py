@@ -5,7 +5,7 @@ This is the only place that reads aioxmpp's XSOs for the core: a presence
 becomes a :class:`~muc_guard.core.events.RoomPresence`, a message its
 stanza-id, the room's own delay stamp, sender and body, an error its
 condition. (Hostile input has already been cleaned by
-:mod:`muc_guard.inbound`.) Nothing here decides anything.
+:mod:`muc_guard.aioxmpp.inbound`.) Nothing here decides anything.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def presence_facts(room: Hashable, stanza: aioxmpp.Presence) -> RoomPresence:
     if muc_user is None:
         return RoomPresence(room, sender.resource, kind)
     codes = frozenset(int(code) for code in muc_user.status_codes)
-    # a 303 naming no nick was dropped by muc_guard.inbound
+    # a 303 naming no nick was dropped by muc_guard.aioxmpp.inbound
     new_nick = muc_user.items[0].nick if muc_user.items else None
     reason = stanza.status.any() if stanza.status else None
     return RoomPresence(room, sender.resource, kind, codes,

@@ -29,7 +29,6 @@ import aioxmpp.errors
 import aioxmpp.muc
 import aioxmpp.ping
 
-from .. import mam
 from ..core import commands as cmd
 from ..core.continuity import Position, recover_since
 from ..core.events import (
@@ -46,9 +45,10 @@ from ..core.events import (
 )
 from ..core.guard import GuardCore
 from ..core.record import RoomRecord
-from ..instant import CreationWatch, settle_created_room
-from ..recovery import read_archive
+from . import mam
 from .facts import body_text, error_condition, error_type, stanza_id_of
+from .instant import CreationWatch, settle_created_room
+from .recovery import read_archive
 
 __all__ = ["CommandRunner", "RoomIO", "GuardError", "RoomLeftError", "GaveUpError"]
 

@@ -20,7 +20,7 @@ stanza-id where the room stamps one. Without one, a delayed copy (history)
 counts as a duplicate of a message already delivered with the same sender and
 body within :data:`DIGEST_TOLERANCE` seconds, because a live message carries
 no timestamp of its own: it is timed on receipt, on the server's clock as far
-as :mod:`muc_guard.clock` knows it. Only the room's own ``<delay/>`` on a copy
+as :mod:`muc_guard.aioxmpp.clock` knows it. Only the room's own ``<delay/>`` on a copy
 it replays is believed: any occupant can put a ``<delay/>`` on a live
 message. The last
 delivered position (stanza-id and timestamp) is what the store remembers, so
@@ -38,7 +38,7 @@ __all__ = ["Position", "RoomStream", "digest", "DIGEST_TOLERANCE",
            "recent_to_json", "recent_from_json", "recover_since"]
 
 #: Seconds by which a history copy's stamp may differ from our receipt time
-#: (on the server's clock, as learnt by muc_guard.clock: within a second or so).
+#: (on the server's clock, as learnt by muc_guard.aioxmpp.clock: within a second or so).
 DIGEST_TOLERANCE = 5.0
 #: The deduplication window. A copy comes back only as history (since our
 #: position minus DIGEST_TOLERANCE) or as live traffic buffered during an

@@ -228,7 +228,7 @@ class ArchivedMessage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ArchiveRead:
-    """One read of the archive after the position (see muc_guard.recovery)."""
+    """One read of the archive after the position (see muc_guard.aioxmpp.recovery)."""
 
     room: Hashable
     attempt: int

@@ -1,4 +1,4 @@
-"""muc_guard.mam against a real Prosody 0.12 with mod_muc_mam on the MUC component.
+"""muc_guard.aioxmpp.mam against a real Prosody 0.12 with mod_muc_mam on the MUC component.
 
 A sender joins a room and talks; a reader (usually not in the room) reads
 the room's archive.  What the sender's reflections carried (body and the
@@ -15,7 +15,7 @@ import aioxmpp
 import aioxmpp.muc
 import pytest
 
-from muc_guard import mam
+from muc_guard.aioxmpp import mam
 from prosody import connected
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,8 @@ import pytest
 
 import muc_guard
 import muc_guard.store
-from muc_guard import State, mam
+from muc_guard import State
+from muc_guard.aioxmpp import mam
 from guardkit import Bot, eventually, occupant_nicks_of
 from prosody import connected
 

@@ -367,7 +367,7 @@ async def test_a_stream_lost_while_reading_the_archive_moves_no_position(h, monk
     recovery would skip it. The next recovery returns them, in order."""
     import datetime
 
-    from muc_guard import mam
+    from muc_guard.aioxmpp import mam
 
     delivered: list[str] = []
     h.guard.on_message.connect(

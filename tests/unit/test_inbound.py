@@ -1,4 +1,4 @@
-"""Stanzas that used to break aioxmpp's MUC handling for good (muc_guard/inbound.py).
+"""Stanzas that used to break aioxmpp's MUC handling for good (muc_guard/aioxmpp/inbound.py).
 
 Each one made a listener of aioxmpp's stanza dispatcher raise, and aioxmpp
 disconnected it: MUCClient heard nothing after that, so the next rejoin never

@@ -1,4 +1,4 @@
-"""muc_guard.mam without a server: XSOs against literal XML, and fetch() against
+"""muc_guard.aioxmpp.mam without a server: XSOs against literal XML, and fetch() against
 a scripted archive whose results go through a real aioxmpp filter chain."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import aioxmpp.stream
 import aioxmpp.xml
 import pytest
 
-from muc_guard import mam
+from muc_guard.aioxmpp import mam
 from stanzas import parse
 
 ROOM = aioxmpp.JID.fromstr("room@conference.localhost")

@@ -20,7 +20,7 @@ import aioxmpp
 import pytest
 
 from muc_guard import State, cli
-from muc_guard.redact import RedactPasswords
+from muc_guard.aioxmpp.redact import RedactPasswords
 from muc_guard.core.record import RoomRecord
 from muc_guard.store import Store
 from harness import Harness

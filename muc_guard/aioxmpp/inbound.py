@@ -40,7 +40,7 @@ from typing import Any
 import aioxmpp
 import aioxmpp.muc
 
-from .core.policy import NICK_CHANGE
+from ..core.policy import NICK_CHANGE
 
 __all__ = ["sanitize_presence", "sanitize_message"]
 

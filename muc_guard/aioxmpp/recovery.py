@@ -33,7 +33,7 @@ import logging
 import aioxmpp
 
 from . import mam
-from .core.continuity import Position
+from ..core.continuity import Position
 
 __all__ = ["ARCHIVE_REFUSALS", "ArchiveRead", "read_archive"]
 
