@@ -17,12 +17,16 @@ Erlang node over the loopback distribution port.
 It offers what the shared tests read from a server (``host``, ``port``,
 ``tls``, ``domain``, ``muc_domain``, ``register``/``aregister``,
 ``occupants``), so ``make_client`` and the tests' Bot work with it unchanged.
+
+Owning the process (spawn, wait until ready, stop or crash by PID, log
+tails, the exit hook) is :class:`~muc_guard.testing.process.ServerProcess`,
+the same code that runs Prosody: this module says only what is ejabberd's
+(config, command line, readiness probe, commands).
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import json
 import logging
@@ -31,18 +35,15 @@ import pathlib
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import threading
-import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 import aioxmpp
 
-from .prosody import LOOPBACK, _die_with_parent, free_port, pid_running
+from .process import LOOPBACK, ServerProcess, ServerStartError, free_port, port_accepts
 
 __all__ = ["EjabberdAPIError", "EjabberdServer", "EjabberdStartError", "ejabberd_available"]
 
@@ -51,7 +52,7 @@ log = logging.getLogger("muc_guard.testing.ejabberd")
 _EJABBERDCTL = pathlib.Path("/usr/sbin/ejabberdctl")
 
 
-class EjabberdStartError(RuntimeError):
+class EjabberdStartError(ServerStartError):
     """ejabberd did not come up (its log tail is part of the message)."""
 
 
@@ -75,34 +76,31 @@ def ejabberd_available() -> bool:
     return shutil.which("erl") is not None and _erl_libs() is not None
 
 
-_LIVE: "set[EjabberdServer]" = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for server in list(_LIVE):
-        with contextlib.suppress(Exception):
-            server._hard_kill_sync()
-
-
-class EjabberdServer:
+class EjabberdServer(ServerProcess):
     """A private ejabberd on 127.0.0.1 with its own config, spool and log.
 
     Ports (c2s, HTTP API, Erlang distribution) are chosen once and kept across
     restarts, as is the spool, so persistent rooms and archives survive.
     ``mam`` loads mod_mam (a room archives when its ``mam`` option is on).
     New rooms are temporary (``persistent: false``) unless created otherwise.
+    ``stop`` sends SIGTERM first: the VM runs init:stop(), rooms tell their
+    occupants 332.
     """
+
+    name = "ejabberd"
+    start_error = EjabberdStartError
+    logger = log
+    stop_timeout = 15.0
+    poll_interval = 0.05
+    console_repeats_log = True  # its console output repeats the log
 
     domain: str = "localhost"
     muc_domain: str = "conference.localhost"
-    host: str = LOOPBACK
     tls = None  # plain TCP on loopback; make_client reads this
 
     def __init__(self, root: pathlib.Path, *, mam: bool = True, log_level: str = "info",
                  startup_timeout: float = 30.0, api_timeout: float = 10.0) -> None:
-        self.root = pathlib.Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(root, startup_timeout=startup_timeout)
         self.spool_dir = self.root / "spool"
         self.log_dir = self.root / "log"
         self.config_path = self.root / "ejabberd.yml"
@@ -110,7 +108,6 @@ class EjabberdServer:
         self.console_path = self.root / "ejabberd.console"
         self.mam = mam
         self.log_level = log_level
-        self.startup_timeout = startup_timeout
         self.api_timeout = api_timeout
         self.port: int = free_port()
         self.api_port: int = free_port()
@@ -118,10 +115,6 @@ class EjabberdServer:
         token = secrets.token_hex(4)
         self.node = f"mgt-{token}@{LOOPBACK}"
         self.cookie = secrets.token_hex(16)
-        self.pid: int | None = None
-        self.started_pids: list[int] = []
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
 
     def __repr__(self) -> str:
         return f"<EjabberdServer {self.host}:{self.port} pid={self.pid} root={self.root}>"
@@ -191,15 +184,9 @@ class EjabberdServer:
                 "-erl_epmd_port", str(self.dist_port),
                 "-kernel", "inet_dist_use_interface", "{127,0,0,1}"]
 
-    # --- process control -------------------------------------------------------
+    # --- starting (the rest of process control: ServerProcess) -------------
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None and pid_running(self._proc.pid)
-
-    def _spawn(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            raise RuntimeError(f"{self!r} is already running")
+    def _prepare(self) -> tuple[list[str], dict[str, str] | None]:
         erl = shutil.which("erl")
         if erl is None:
             raise EjabberdStartError("erl not found on PATH")
@@ -207,124 +194,19 @@ class EjabberdServer:
         for path in (self.spool_dir, self.log_dir):
             path.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config(), indent=1) + "\n")
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         mnesia_dir = '"' + str(self.spool_dir).replace("\\", "\\\\").replace('"', '\\"') + '"'
-        argv = [erl, "-name", self.node, *self._dist_args(), "-noinput", "+K", "true",
-                "-mnesia", "dir", mnesia_dir, "-s", "ejabberd"]
-        preexec = _die_with_parent if threading.current_thread() is threading.main_thread() else None
-        with open(self.console_path, "ab") as console:
-            # erl execs into beam.smp: the PID we get is the server's own.
-            self._proc = subprocess.Popen(
-                argv, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=console,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
-        self.pid = self._proc.pid
-        self.started_pids.append(self.pid)
-        _LIVE.add(self)
-        log.debug("spawned ejabberd pid %d (%s:%d, node %s)", self.pid, self.host, self.port, self.node)
+        # erl execs into beam.smp: the PID we get is the server's own.
+        return [erl, "-name", self.node, *self._dist_args(), "-noinput", "+K", "true",
+                "-mnesia", "dir", mnesia_dir, "-s", "ejabberd"], env
 
-    def _check_ready(self) -> bool:
-        if self._proc is None or self._proc.poll() is not None:
-            raise EjabberdStartError(f"exited (rc={self._proc.returncode if self._proc else None})")
+    def _ready(self) -> bool:
+        """c2s accepts and the API says ejabberd has started."""
+        if not port_accepts(self.host, self.port):
+            return False
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.5):
-                pass
             return "started" in str(self.api_sync("status", timeout=2.0))
         except (OSError, EjabberdAPIError):
             return False
-
-    def _startup_failed(self, why: str) -> EjabberdStartError:
-        self._hard_kill_sync()
-        return EjabberdStartError(f"ejabberd ({self.config_path}) failed to start on "
-                                  f"{self.host}:{self.port}: {why}\n{self.log_tail()}")
-
-    def _ready_or_fail(self) -> bool:
-        try:
-            return self._check_ready()
-        except EjabberdStartError as exc:
-            raise self._startup_failed(str(exc)) from None
-
-    def start(self) -> None:
-        """Write the config, spawn ejabberd, wait until c2s and the API answer."""
-        t0 = time.monotonic()
-        self._spawn()
-        while not self._ready_or_fail():
-            if time.monotonic() - t0 > self.startup_timeout:
-                raise self._startup_failed(f"not ready after {self.startup_timeout:g} s")
-            time.sleep(0.05)
-        log.info("ejabberd pid %d ready on %s:%d in %.2f s", self.pid, self.host, self.port,
-                 time.monotonic() - t0)
-
-    async def astart(self) -> None:
-        """`start` without blocking the event loop while waiting."""
-        t0 = time.monotonic()
-        self._spawn()
-        while not await asyncio.to_thread(self._ready_or_fail):
-            if time.monotonic() - t0 > self.startup_timeout:
-                raise self._startup_failed(f"not ready after {self.startup_timeout:g} s")
-            await asyncio.sleep(0.05)
-        log.info("ejabberd pid %d ready on %s:%d in %.2f s", self.pid, self.host, self.port,
-                 time.monotonic() - t0)
-
-    def _signal(self, sig: int) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, sig)  # by PID, never by name
-
-    def _hard_kill_sync(self) -> None:
-        proc, self._proc = self._proc, None
-        self.pid = None
-        _LIVE.discard(self)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        if pid_running(proc.pid):
-            raise RuntimeError(f"ejabberd pid {proc.pid} still running after kill")
-        log.info("ejabberd pid %d gone (rc=%s)", proc.pid, proc.returncode)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (the VM runs init:stop(): rooms tell occupants 332), wait,
-        SIGKILL fallback, reap.  Idempotent."""
-        if self._proc is None:
-            return
-        self._signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=timeout)
-        self._hard_kill_sync()
-
-    async def astop(self, timeout: float = 15.0) -> None:
-        """`stop` without blocking the loop (clients see the stream close)."""
-        if self._proc is None:
-            return
-        self._signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self._proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        self._hard_kill_sync()
-
-    async def kill(self) -> None:
-        """SIGKILL: a server crash, then reap."""
-        self._signal(signal.SIGKILL)
-        await asyncio.to_thread(self._hard_kill_sync)
-
-    async def restart(self, *, hard: bool = False) -> None:
-        """Stop (or crash) and start again: same ports, same spool."""
-        await (self.kill() if hard else self.astop())
-        await self.astart()
-
-    def log_tail(self, n: int = 50) -> str:
-        """The last `n` lines of ejabberd's log; of its console output (which
-        repeats the log) only when the log is empty, e.g. a failed start."""
-        for path in (self.log_path, self.console_path):
-            with contextlib.suppress(FileNotFoundError):
-                lines = path.read_text(errors="replace").splitlines()
-                if lines:
-                    return "\n".join([f"--- {path.name} (last {min(n, len(lines))} lines) ---",
-                                      *lines[-n:]])
-        return "(no ejabberd log)"
 
     # --- ejabberd commands (mod_http_api on 127.0.0.1) -------------------------
 

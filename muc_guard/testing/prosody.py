@@ -3,43 +3,51 @@
 `ProsodyServer` writes a config into its own directory, runs ``prosody`` as a
 child process (``daemonize = false``: we own the PID), binds it to 127.0.0.1
 only, and injects faults through Prosody itself: ``mod_muc_guard_test``
-(``muc_guard/testing/prosody_modules``) is loaded on the MUC component and driven through the
-admin socket (mod_admin_socket + mod_admin_shell), which this module speaks
-directly from Python instead of spawning ``prosodyctl shell`` per call.
+(``muc_guard/testing/prosody_modules``) is loaded on the MUC component and
+driven through the admin socket.
 
-Admin socket wire protocol (util/adminstream.lua): an XML stream in the
-default namespace ``xmpp:prosody.im/admin``; the client opens the stream, the
-server answers with its header; each ``<repl-input>`` line is answered with
-zero or more ``<repl-output>`` (print) and one ``<repl-result>`` (its
-``type='error'`` on failure).  A line starting with ``>`` runs in Prosody's
-real global environment.
+The class is put together from parts that each have one reason to change:
+
+- :mod:`muc_guard.testing.process`: owning the child process (spawn, wait
+  until ready, stop or crash by PID, log tails), shared with ejabberd;
+- :mod:`muc_guard.testing.prosody_admin`: the admin-socket client
+  (``admin``, ``call``);
+- :mod:`muc_guard.testing.prosody_faults`: the faults and room inspection
+  (``kick_with_codes``, ``silent_remove``, ``occupants``, ...);
+- this module: which Prosody runs, its generated config, its readiness
+  probe and accounts, and the aioxmpp clients pinned to a test server
+  (:func:`make_client`, :func:`connected`, :func:`stop_client`).
+
+Everything the tests, benchmarks and demo import from here still comes from
+here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import ctypes
-import json
 import logging
 import os
 import pathlib
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import threading
-import time
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
-from typing import Any, Iterable, cast
-from xml.sax.saxutils import escape as xml_escape
+from typing import Any
 
 import aioxmpp
 
 from .certs import ServerCertificate
+from .process import (
+    LOOPBACK,
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    listening_sockets,
+    pid_running,
+    port_accepts,
+)
+from .prosody_admin import AdminReply, ProsodyAdminError, lua_string
+from .prosody_faults import RoomFaults
 
 __all__ = [
     "AdminReply",
@@ -62,20 +70,15 @@ __all__ = [
 log = logging.getLogger("muc_guard.testing.prosody")
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent / "prosody_modules"
-LOOPBACK = "127.0.0.1"
-
-_ADMIN_NS = "xmpp:prosody.im/admin"
-_STREAM_HEADER = (
-    "<?xml version='1.0'?>"
-    "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' "
-    f"xmlns='{_ADMIN_NS}' xml:lang='en'>"
-).encode()
-_STREAM_FOOTER = b"</stream:stream>"
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
 
 #: Which Prosody every ProsodyServer runs unless told otherwise: the path of a
 #: ``prosody`` launcher (e.g. a Prosody 13 unpacked beside the system 0.12).
 PROSODY_ENV = "MUC_GUARD_PROSODY"
+
+
+class ProsodyStartError(ServerStartError):
+    """Prosody did not come up (its log tail is part of the message)."""
 
 
 def prosody_binary(prosody: str | os.PathLike[str] | None = None) -> pathlib.Path:
@@ -113,71 +116,6 @@ def prosody_version(prosody: str | os.PathLike[str] | None = None) -> str:
         raise ProsodyStartError(f"cannot tell the Prosody version: {exc}") from exc
 
 
-class ProsodyStartError(RuntimeError):
-    """Prosody did not come up (its log tail is part of the message)."""
-
-
-class ProsodyAdminError(RuntimeError):
-    """A Lua error or an error result from the admin shell or our module."""
-
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1 (the OS picks it; tiny reuse race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def pid_running(pid: int | None) -> bool:
-    """True if `pid` exists and is not a zombie (reads /proc; not kill -0,
-    which also succeeds for an unreaped zombie)."""
-    if pid is None:
-        return False
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    # "pid (comm) S ...": comm may contain spaces/parentheses, so split after the last ")".
-    state = stat.rpartition(")")[2].split()[0]
-    return state not in ("Z", "X")
-
-
-def listening_sockets(pid: int) -> list[tuple[str, int]]:
-    """(address, port) of every TCP socket in LISTEN state that process
-    `pid` holds, from /proc (IPv4 and IPv6), to prove where a server binds."""
-    inodes = set()
-    for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    result = []
-    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        with contextlib.suppress(FileNotFoundError):
-            for row in pathlib.Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-                fields = row.split()
-                local, state, inode = fields[1], fields[3], fields[9]
-                if state != "0A" or inode not in inodes:  # 0A = TCP_LISTEN
-                    continue
-                addr_hex, port_hex = local.split(":")
-                raw = bytes.fromhex(addr_hex)
-                # /proc prints the address as host-order 32-bit words
-                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-                result.append((socket.inet_ntop(family, raw), int(port_hex, 16)))
-    return sorted(result)
-
-
-def lua_string(value: str) -> str:
-    """A Lua string literal for any text: printable ASCII stays readable;
-    quotes, backslashes, control and non-ASCII bytes become 3-digit decimal
-    escapes, so nothing can break out of the literal."""
-    out = []
-    for byte in value.encode():
-        ch = chr(byte)
-        out.append(ch if 0x20 <= byte < 0x7F and ch not in '\\"' else f"\\{byte:03d}")
-    return '"' + "".join(out) + '"'
-
-
 def _lua_value(value: Any) -> str:
     """Render a Python scalar/list/dict as a Lua literal (config generation)."""
     if value is None:
@@ -196,104 +134,21 @@ def _lua_value(value: Any) -> str:
     raise TypeError(f"cannot render {value!r} as Lua")
 
 
-@dataclass
-class AdminReply:
-    """One admin-shell exchange: the printed lines and the final result."""
-
-    output: list[str] = field(default_factory=list)
-    result: str = ""
-    error: bool = False
-
-    @property
-    def value(self) -> str:
-        """The result text without Prosody's "Result: " / "OK: " prefix."""
-        for prefix in ("Result: ", "OK: "):
-            if self.result.startswith(prefix):
-                return self.result[len(prefix):]
-        return self.result
-
-    def text(self) -> str:
-        """Printed lines followed by the result value.  A "nil" result (nothing
-        returned) is left out when something was printed.  Note that Prosody
-        first tries a line as ``return <line>``, so ``print(x)`` alone
-        returns print's own result ("true")."""
-        lines = list(self.output)
-        if not (lines and self.result == "Result: nil"):
-            lines.append(self.value)
-        return "\n".join(lines)
+#: Services Prosody knows besides c2s: each gets no port, and 127.0.0.1
+#: should one be given a port after all.
+_UNUSED_SERVICES = (
+    "c2s_direct_tls", "legacy_ssl", "s2s", "s2s_direct_tls", "component",
+    "http", "https", "console", "proxy65",
+)
 
 
-class _AdminParser:
-    """Incremental parser for the admin stream's replies."""
-
-    def __init__(self) -> None:
-        self._parser: ET.XMLPullParser = ET.XMLPullParser(events=("start", "end"))
-        self._depth = 0
-        self.opened = False
-        self.closed = False
-        self.reply = AdminReply()
-        self.done = False
-
-    def feed(self, data: bytes) -> None:
-        if not data:
-            self.closed = True
-            return
-        self._parser.feed(data)
-        for pair in self._parser.read_events():
-            # Only "start"/"end" were asked for: the item is an Element.
-            event, elem = cast("tuple[str, ET.Element]", pair)
-            if event == "start":
-                self._depth += 1
-                if self._depth == 1:
-                    self.opened = True
-                continue
-            self._depth -= 1
-            if self._depth == 0:
-                self.closed = True
-            elif self._depth == 1:
-                tag = elem.tag.rpartition("}")[2]
-                text = elem.text or ""
-                if tag == "repl-output":
-                    self.reply.output.append(text)
-                elif tag == "repl-result":
-                    self.reply.result = text
-                    self.reply.error = elem.get("type") == "error"
-                    self.done = True
-                elif tag == "error":  # stream error
-                    raise ProsodyAdminError(f"admin stream error: {ET.tostring(elem, 'unicode')}")
-
-
-def _repl_input(line: str) -> bytes:
-    return f"<repl-input>{xml_escape(line)}</repl-input>".encode()
-
-
-# Every live server, so that an interpreter exit never leaves one behind.
-_LIVE: "set[ProsodyServer]" = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for server in list(_LIVE):
-        with contextlib.suppress(Exception):
-            server._hard_kill_sync()
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except Exception:  # pragma: no cover - best effort only
-        pass
-
-
-class ProsodyServer:
+class ProsodyServer(ServerProcess, RoomFaults):
     """A private Prosody on 127.0.0.1 with its own config, data and log.
 
     The c2s port is chosen once, at construction, and kept across restarts;
     the data directory is kept too, so persistent rooms survive a restart.
+    ``stop`` sends SIGTERM first: clients get <system-shutdown/>, rooms are
+    saved.
 
     Options: ``nagle`` (default off: ``network_settings = { nagle = false }``),
     ``smacks`` (mod_smacks, XEP-0198; ``smacks_hibernation_time`` seconds a
@@ -312,9 +167,14 @@ class ProsodyServer:
     version it runs.
     """
 
+    name = "prosody"
+    start_error = ProsodyStartError
+    logger = log
+    stop_timeout = 10.0
+    poll_interval = 0.02
+
     domain: str = "localhost"
     muc_domain: str = "conference.localhost"
-    host: str = LOOPBACK
 
     def __init__(
         self,
@@ -336,8 +196,7 @@ class ProsodyServer:
     ) -> None:
         self.binary = prosody_binary(prosody)
         self.version = prosody_version(self.binary)
-        self.root = pathlib.Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(root, startup_timeout=startup_timeout)
         self.data_dir = self.root / "data"
         self.config_path = self.root / "prosody.cfg.lua"
         self.log_path = self.root / "prosody.log"
@@ -352,15 +211,9 @@ class ProsodyServer:
         self.log_level = log_level
         self.extra_config = extra_config
         self.extra_muc_config = extra_muc_config
-        self.startup_timeout = startup_timeout
         self.admin_timeout = admin_timeout
         self.port: int = free_port()
         self.socket_path = self._choose_socket_path()
-        self.pid: int | None = None
-        self._log_offset = 0  # where this start's log lines begin
-        self.started_pids: list[int] = []  # every Prosody PID this object spawned
-        self.last_start_seconds: float | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def version_info(self) -> tuple[int, ...]:
@@ -398,20 +251,8 @@ class ProsodyServer:
             "c2s_ports": [self.port],
             "c2s_interfaces": [LOOPBACK],
             # Every other service Prosody knows: bound nowhere.
-            **{
-                f"{svc}_ports": []
-                for svc in (
-                    "c2s_direct_tls", "legacy_ssl", "s2s", "s2s_direct_tls", "component",
-                    "http", "https", "console", "proxy65",
-                )
-            },
-            **{
-                f"{svc}_interfaces": [LOOPBACK]
-                for svc in (
-                    "c2s_direct_tls", "legacy_ssl", "s2s", "s2s_direct_tls", "component",
-                    "http", "https", "console", "proxy65",
-                )
-            },
+            **{f"{svc}_ports": [] for svc in _UNUSED_SERVICES},
+            **{f"{svc}_interfaces": [LOOPBACK] for svc in _UNUSED_SERVICES},
             "ports": [],  # mod_net_multiplex
             "ssl_ports": [],
             "modules_enabled": [
@@ -454,61 +295,28 @@ class ProsodyServer:
             lines += ["    -- extra_muc_config", self.extra_muc_config]
         return "\n".join(lines) + "\n"
 
-    # --- process control -------------------------------------------------
+    # --- starting (the rest of process control: ServerProcess) -------------
 
-    @property
-    def running(self) -> bool:
-        """True while our Prosody process exists and is not a zombie."""
-        return self._proc is not None and self._proc.poll() is None and pid_running(self._proc.pid)
-
-    def _spawn(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            raise RuntimeError(f"{self!r} is already running")
-        binary = str(self.binary)
+    def _prepare(self) -> tuple[list[str], dict[str, str] | None]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.root / "certs").mkdir(exist_ok=True)  # empty: no TLS, no warning
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a stale socket would fake readiness
         self.config_path.write_text(self.config_text())
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        console = open(self.console_path, "ab")
-        try:
-            # PDEATHSIG fires when the spawning *thread* exits: only safe from
-            # the main thread (never from an executor thread).
-            preexec = _die_with_parent if threading.current_thread() is threading.main_thread() else None
-            self._proc = subprocess.Popen(
-                [binary, "--config", str(self.config_path), "-F"],
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # terminal signals are not for it
-                preexec_fn=preexec,
-            )
-        finally:
-            console.close()
-        self.pid = self._proc.pid
-        self.started_pids.append(self.pid)
-        _LIVE.add(self)
-        log.debug("spawned prosody pid %d (%s:%d)", self.pid, self.host, self.port)
+        return [str(self.binary), "--config", str(self.config_path), "-F"], None
 
     _FATAL_LOG = ("Failed to open server port", "Unable to bind admin socket", "Error loading module")
 
-    def _check_ready(self) -> bool:
-        """One readiness probe: process alive, c2s port accepts, admin answers.
-        Raises at once if Prosody exited or logged a fatal startup error."""
-        if self._proc is None or self._proc.poll() is not None:
-            raise ProsodyStartError(f"exited (rc={self._proc.returncode if self._proc else None})")
+    def _ready(self) -> bool:
+        """One readiness probe: c2s port accepts, admin answers.  Raises at
+        once if Prosody logged a fatal startup error."""
         with contextlib.suppress(FileNotFoundError):
             with open(self.log_path, errors="replace") as log_file:
                 log_file.seek(self._log_offset)
                 fatal = [line for line in log_file if any(m in line for m in self._FATAL_LOG)]
             if fatal:
                 raise ProsodyStartError("logged: " + fatal[0].strip())
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.5):
-                pass
-        except OSError:
+        if not port_accepts(self.host, self.port):
             return False
         if not self.socket_path.exists():
             return False
@@ -517,223 +325,6 @@ class ProsodyServer:
         except (OSError, ProsodyAdminError):
             return False
         return reply.value == "ready"
-
-    def _ready_or_fail(self) -> bool:
-        try:
-            return self._check_ready()
-        except ProsodyStartError as exc:
-            raise self._startup_failed(str(exc)) from None
-
-    def _startup_failed(self, why: str) -> ProsodyStartError:
-        self._hard_kill_sync()
-        return ProsodyStartError(
-            f"prosody ({self.config_path}) failed to start on {self.host}:{self.port}: {why}\n{self.log_tail()}"
-        )
-
-    def start(self) -> None:
-        """Write the config, spawn Prosody, and wait (bounded) until the c2s
-        port accepts connections and the admin socket answers."""
-        t0 = time.monotonic()
-        self._spawn()
-        deadline = t0 + self.startup_timeout
-        while not self._ready_or_fail():
-            if time.monotonic() > deadline:
-                raise self._startup_failed(f"not ready after {self.startup_timeout:g} s")
-            time.sleep(0.02)
-        self.last_start_seconds = time.monotonic() - t0
-        log.info("prosody pid %d ready on %s:%d in %.2f s", self.pid, self.host, self.port, self.last_start_seconds)
-
-    async def astart(self) -> None:
-        """`start` without blocking the event loop while waiting."""
-        t0 = time.monotonic()
-        self._spawn()  # fast; stays on the loop (main) thread on purpose
-        deadline = t0 + self.startup_timeout
-        while not await asyncio.to_thread(self._ready_or_fail):
-            if time.monotonic() > deadline:
-                raise self._startup_failed(f"not ready after {self.startup_timeout:g} s")
-            await asyncio.sleep(0.02)
-        self.last_start_seconds = time.monotonic() - t0
-        log.info("prosody pid %d ready on %s:%d in %.2f s", self.pid, self.host, self.port, self.last_start_seconds)
-
-    def _signal(self, sig: int) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, sig)  # by PID, never by name
-
-    def _reaped(self) -> None:
-        proc, self._proc = self._proc, None
-        pid, self.pid = (proc.pid if proc else None), None
-        _LIVE.discard(self)
-        if pid is not None and pid_running(pid):
-            raise RuntimeError(f"prosody pid {pid} still running after stop")
-        if pid is not None:
-            log.info("prosody pid %d gone (rc=%s)", pid, proc.returncode if proc else None)
-
-    def _hard_kill_sync(self) -> None:
-        if self._proc is not None:
-            self._signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=10)
-        self._reaped()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (graceful: clients get <system-shutdown/>, rooms are
-        saved), wait, SIGKILL fallback, reap.  Idempotent."""
-        if self._proc is None:
-            return
-        self._signal(signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("prosody pid %d ignored SIGTERM for %.0f s; killing", self._proc.pid, timeout)
-        self._hard_kill_sync()
-
-    async def _await_exit(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._proc is not None and self._proc.poll() is None:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
-
-    async def astop(self, timeout: float = 10.0) -> None:
-        """`stop` without blocking the loop, so that clients in this loop can
-        see and answer the server's stream close."""
-        if self._proc is None:
-            return
-        self._signal(signal.SIGTERM)
-        if not await self._await_exit(timeout):
-            log.warning("prosody pid %d ignored SIGTERM for %.0f s; killing", self._proc.pid, timeout)
-        await self.kill()
-
-    async def kill(self) -> None:
-        """SIGKILL: a server crash (no stream close, no room save), then reap."""
-        if self._proc is None:
-            return
-        self._signal(signal.SIGKILL)
-        await self._await_exit(10.0)
-        self._hard_kill_sync()
-
-    async def restart(self, *, hard: bool = False) -> None:
-        """Stop (or crash) and start again: same port, same data dir."""
-        if hard:
-            await self.kill()
-        else:
-            await self.astop()
-        await self.astart()
-
-    def log_tail(self, n: int = 50) -> str:
-        """The last `n` lines of Prosody's log (and of its console output)."""
-        parts = []
-        for path in (self.log_path, self.console_path):
-            try:
-                lines = path.read_text(errors="replace").splitlines()
-            except FileNotFoundError:
-                continue
-            if lines:
-                parts.append(f"--- {path.name} (last {min(n, len(lines))} lines) ---")
-                parts.extend(lines[-n:])
-        return "\n".join(parts) or "(no prosody log)"
-
-    # --- admin socket ------------------------------------------------------
-
-    def _admin_sync(self, line: str, *, timeout: float | None = None) -> AdminReply:
-        """One admin-shell line over a fresh blocking connection."""
-        timeout = self.admin_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        parser = _AdminParser()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(self.socket_path))
-            sock.sendall(_STREAM_HEADER + _repl_input(line))
-            while not parser.done:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                try:
-                    data = sock.recv(65536)
-                except socket.timeout:
-                    raise ProsodyAdminError(f"admin socket: no reply within {timeout} s to {line[:200]!r}") from None
-                parser.feed(data)
-                if parser.closed and not parser.done:
-                    raise ProsodyAdminError(f"admin socket closed before replying to {line[:200]!r}")
-            with contextlib.suppress(OSError):
-                sock.sendall(_STREAM_FOOTER)
-        return parser.reply
-
-    async def _admin_async(self, line: str, *, timeout: float | None = None) -> AdminReply:
-        """One admin-shell line over a fresh asyncio unix connection (no
-        connection is kept, so a server shared by many event loops is fine)."""
-        timeout = self.admin_timeout if timeout is None else timeout
-        parser = _AdminParser()
-
-        async def exchange() -> None:
-            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
-            try:
-                writer.write(_STREAM_HEADER + _repl_input(line))
-                await writer.drain()
-                while not parser.done:
-                    parser.feed(await reader.read(65536))
-                    if parser.closed and not parser.done:
-                        raise ProsodyAdminError(f"admin socket closed before replying to {line[:200]!r}")
-                writer.write(_STREAM_FOOTER)
-                with contextlib.suppress(OSError):
-                    await writer.drain()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-
-        try:
-            await asyncio.wait_for(exchange(), timeout)
-        except asyncio.TimeoutError:
-            raise ProsodyAdminError(f"admin socket: no reply within {timeout} s to {line[:200]!r}") from None
-        return parser.reply
-
-    @staticmethod
-    def _checked(line: str, reply: AdminReply) -> AdminReply:
-        if reply.error:
-            raise ProsodyAdminError(f"admin shell error for {line[:300]!r}: {reply.text()}")
-        return reply
-
-    async def admin(self, lua: str, *, shell: bool = False) -> str:
-        """Run Lua inside the server; return printed lines + the returned value.
-
-        By default the code runs in Prosody's global environment (a ``>``
-        line); ``shell=True`` runs it in the console sandbox instead, where
-        commands like ``user:create(...)`` or ``muc:list(...)`` live.
-        Raises ProsodyAdminError on Lua errors (compile or runtime) and on
-        ``nil, "message"`` returns.
-        """
-        line = lua if shell or lua.startswith(">") else ">" + lua
-        return self._checked(line, await self._admin_async(line)).text()
-
-    def admin_sync(self, lua: str, *, shell: bool = False) -> str:
-        """Blocking `admin` (for sync fixtures and setup code)."""
-        line = lua if shell or lua.startswith(">") else ">" + lua
-        return self._checked(line, self._admin_sync(line)).text()
-
-    @staticmethod
-    def _call_line(name: str, args: Iterable[Any]) -> str:
-        return f">muc_guard_test.call({lua_string(name)}, {lua_string(json.dumps(list(args)))})"
-
-    @staticmethod
-    def _decode_call(line: str, reply: AdminReply) -> Any:
-        ProsodyServer._checked(line, reply)
-        try:
-            payload = json.loads(reply.value)
-        except ValueError:
-            raise ProsodyAdminError(f"unexpected admin reply to {line[:200]!r}: {reply.text()!r}") from None
-        if not payload.get("ok"):
-            raise ProsodyAdminError(f"mod_muc_guard_test: {payload.get('error')}")
-        return payload.get("result")
-
-    async def call(self, name: str, *args: Any) -> Any:
-        """Call ``muc_guard_test.<name>(*args)`` in the server (JSON in/out)."""
-        line = self._call_line(name, args)
-        return self._decode_call(line, await self._admin_async(line))
-
-    def call_sync(self, name: str, *args: Any) -> Any:
-        line = self._call_line(name, args)
-        return self._decode_call(line, self._admin_sync(line))
 
     # --- accounts ------------------------------------------------------------
 
@@ -755,153 +346,6 @@ class ProsodyServer:
         jid = aioxmpp.JID(user, self.domain, None)
         await self.admin(f"user:create({lua_string(str(jid))}, {lua_string(password)})", shell=True)
         return jid
-
-    # --- fault injection / inspection -------------------------------------
-
-    @staticmethod
-    def _room(room: str | aioxmpp.JID) -> str:
-        jid = room if isinstance(room, aioxmpp.JID) else aioxmpp.JID.fromstr(room)
-        if not jid.is_bare:
-            raise ValueError(f"room must be a bare JID, got {jid}")
-        return str(jid)
-
-    @staticmethod
-    def _bare(jid: str | aioxmpp.JID) -> str:
-        jid = jid if isinstance(jid, aioxmpp.JID) else aioxmpp.JID.fromstr(jid)
-        return str(jid.bare())
-
-    async def occupants(self, room: str | aioxmpp.JID) -> dict[str, list[str]]:
-        """nick -> real full JIDs with a live session, read from the server's
-        room object; {} when the room does not exist."""
-        result = await self.call("occupants", self._room(room))
-        return dict(result or {})
-
-    async def room_info(self, room: str | aioxmpp.JID) -> dict[str, Any]:
-        """exists/destroyed/persistent/members_only/occupants (with roles)/
-        affiliations of a room, as the server sees it."""
-        return await self.call("room_info", self._room(room))
-
-    async def kick_with_codes(self, room, nick: str, codes: list[int], reason: str = "") -> list[str]:
-        """Remove every session of `nick`, sending them an unavailable self-
-        presence with exactly `codes` (+110) and <status>reason</status>;
-        others see the unavailable (without 110).  Returns the removed JIDs."""
-        return await self.call("kick_with_codes", self._room(room), nick, [int(c) for c in codes], reason)
-
-    async def silent_remove(self, room, nick: str) -> list[str]:
-        """Drop `nick` from the room without telling anyone."""
-        return await self.call("silent_remove", self._room(room), nick)
-
-    async def keep_occupant(self, room, nick: str, real_jid: str | aioxmpp.JID) -> list[str]:
-        """Make the room hold `nick` for the session `real_jid`, sending
-        nothing: a server that kept the occupant of a client gone away."""
-        return await self.call("keep_occupant", self._room(room), nick, str(real_jid))
-
-    async def bounce_error(self, room, nick: str, condition: str = "recipient-unavailable") -> str:
-        """Prosody's own kick-on-bounce path (handle_kickable): 110+333,
-        status "Kicked: <condition>", for the occupant's primary session."""
-        return await self.call("bounce_error", self._room(room), nick, condition)
-
-    async def kick(self, room, nick: str, reason: str = "") -> None:
-        """Moderator kick (role none): 307."""
-        await self.call("kick", self._room(room), nick, reason)
-
-    async def ban(self, room, bare_jid, reason: str = "") -> None:
-        """Outcast affiliation: 301."""
-        await self.call("ban", self._room(room), self._bare(bare_jid), reason)
-
-    async def set_affiliation(self, room, bare_jid, affiliation: str, reason: str = "") -> None:
-        await self.call("set_affiliation", self._room(room), self._bare(bare_jid), affiliation, reason)
-
-    async def grant_membership(self, room, bare_jid) -> None:
-        await self.call("grant_membership", self._room(room), self._bare(bare_jid))
-
-    async def destroy(self, room, reason: str = "", alternate: str | aioxmpp.JID | None = None) -> None:
-        """room:destroy(): everyone gets an unavailable carrying <destroy/>.
-        A persistent room then leaves a tombstone (joins/pings get <gone/>)
-        unless the server was built with tombstones=False."""
-        await self.call("destroy", self._room(room), reason, str(alternate) if alternate else "")
-
-    async def set_members_only(self, room, members_only: bool = True) -> bool:
-        """Switch members-only on; Prosody removes non-members with 322."""
-        return await self.call("set_members_only", self._room(room), members_only)
-
-    async def revoke_membership(self, room, bare_jid) -> None:
-        """Affiliation -> none in a members-only room: 321.  A room that is not
-        members-only is switched first, after making the user a member (so the
-        switch itself does not remove it with 322)."""
-        await self.call("revoke_membership", self._room(room), self._bare(bare_jid))
-
-    async def expire_archive(self, room, age: float = 0) -> None:
-        """Delete what the room's archive holds from more than `age` seconds
-        ago, as Prosody's ``muc_log_expires_after`` cleanup does."""
-        await self.call("expire_archive", self._room(room), age)
-
-    async def rewrite_nick(self, room, requested: str, assigned: str) -> None:
-        """From now on a join to `room` as `requested` gets `assigned` (210)."""
-        await self.call("rewrite_nick", self._room(room), requested, assigned)
-
-    async def clear_rewrites(self, room=None) -> None:
-        await self.call("clear_rewrites", *([self._room(room)] if room is not None else []))
-
-    async def create_room(
-        self, room, *, persistent: bool = True, members_only: bool = False,
-        mam: bool | None = None, public_jids: bool | None = None,
-        history_length: int | None = None, password: str | None = None,
-    ) -> bool:
-        """Create (or reconfigure) a room server-side; it has no owner, so
-        joining users are plain participants.  True if it was created.
-        `password` makes it password-protected ("" removes the password)."""
-        options: dict[str, Any] = {"persistent": persistent, "members_only": members_only}
-        if password is not None:
-            options["password"] = password
-        if mam is not None:
-            options["mam"] = mam
-        if public_jids is not None:
-            options["whois"] = "anyone" if public_jids else "moderators"
-        if history_length is not None:
-            options["history_length"] = history_length
-        return await self.call("create_room", self._room(room), options)
-
-    async def drop_room(self, room) -> bool:
-        """Make the room vanish silently (no presence, no tombstone): its
-        occupants are not told; joins create a new room, pings get
-        item-not-found."""
-        return await self.call("drop_room", self._room(room))
-
-    async def refuse_joins(self, room, condition: str = "remote-server-timeout",
-                           error_type: str = "wait", text: str = "") -> None:
-        """Answer every join to `room` with this stanza error until cleared."""
-        await self.call("refuse_joins", self._room(room), error_type, condition, text)
-
-    async def clear_refusals(self, room) -> int:
-        """Stop refusing joins to `room`; return how many joins were refused."""
-        return await self.call("clear_refusals", self._room(room))
-
-    async def refused_count(self, room) -> int:
-        return await self.call("refused_count", self._room(room))
-
-    async def fail_archive_pages(self, room, *, pass_: int = 1, fail: int = 1,
-                                 mode: str = "error",
-                                 condition: str = "internal-server-error") -> None:
-        """Let the room's next `pass_` archive pages (MAM queries) through,
-        then answer `fail` of them with a ``cancel`` error `condition` (mode
-        "error") or never (mode "drop"); later pages are answered again."""
-        await self.call("fail_archive_pages", self._room(room), pass_, fail, mode, condition)
-
-    async def archive_faults_fired(self, room) -> int:
-        """How many archive pages the fault of `room` failed so far."""
-        return await self.call("archive_faults_fired", self._room(room))
-
-    async def clear_archive_faults(self, room) -> int:
-        return await self.call("clear_archive_faults", self._room(room))
-
-    async def sever_c2s(self, full_jid) -> None:
-        """Close a client's TCP connection server-side without a stream close
-        (a network failure; with smacks=True the session hibernates)."""
-        await self.call("sever_c2s", str(full_jid))
-
-    async def c2s_sessions(self, bare_jid) -> list[dict[str, Any]]:
-        return list(await self.call("c2s_sessions", self._bare(bare_jid)) or [])
 
 
 # --- aioxmpp clients pinned to a test server ----------------------------------
