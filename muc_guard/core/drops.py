@@ -25,15 +25,13 @@ lost stream is only a *suspected* drop: the probe before the rejoin decides
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
+from .context import CoreContext
 from .commands import Detach, Dropped, Forget, GaveUp, QueryArchiveSupport, Rejoined, ResolveWaiters
 from .events import TimerKind
 from .policy import Cause, Decision, decide
 from .record import Phase, RoomRecord, State
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .guard import GuardCore
 
 __all__ = ["Drops"]
 
@@ -41,9 +39,9 @@ logger = logging.getLogger("muc_guard.core")
 
 
 class Drops:
-    """The membership rules of a :class:`GuardCore`."""
+    """The membership rules of a :class:`~muc_guard.core.guard.GuardCore`."""
 
-    def __init__(self, core: GuardCore) -> None:
+    def __init__(self, core: CoreContext) -> None:
         self.core = core
 
     def joined(self, rec: RoomRecord, nick: str | None) -> None:

@@ -21,11 +21,14 @@ back (:mod:`muc_guard.core.commands`) in order, reporting their results as
 events. The clock and the random source are inputs (``now``, ``wall``,
 ``Settings.rng``), so every timing rule is tested without sleeping.
 
-The rules live in three parts, each a small class with the core as its
-context: :class:`~muc_guard.core.joins.Joiner` (joining and rejoining),
-:class:`~muc_guard.core.pings.Pinger` (self-pings) and
-:class:`~muc_guard.core.nicks.Nicks` (our nick). This module holds the
-dispatch table, the requests, the stream, presences, drops and giving up.
+The rules live in four parts, each a small class that sees the others only
+through :class:`~muc_guard.core.context.CoreContext` (the shared state, the
+outgoing commands, the timers): :class:`~muc_guard.core.joins.Joiner`
+(joining and rejoining), :class:`~muc_guard.core.pings.Pinger` (self-pings),
+:class:`~muc_guard.core.nicks.Nicks` (our nick) and
+:class:`~muc_guard.core.drops.Drops` (joined, dropped, given up). This module
+is the context plus the dispatch table: requests, the stream, presences,
+results and timers.
 
 Two inputs bypass events because they come with every stanza:
 :meth:`GuardCore.traffic` and :meth:`GuardCore.offer`. They allocate nothing
@@ -34,22 +37,18 @@ when nothing changes.
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 from .commands import (
-    ArmTimer,
-    CancelTimer,
     Command,
     Forget,
     Persist,
     QueryArchiveSupport,
     ResolveWaiters,
-    SendSelfPing,
 )
-from .continuity import RoomStream
+from .context import _BITS, LIVE, NOT_NEW, REPLAYED, CoreContext
 from .events import (
     ArchiveRead,
     ArchiveSupport,
@@ -86,31 +85,18 @@ __all__ = ["GuardCore", "STATUS_SELF", "NOT_NEW", "LIVE", "REPLAYED"]
 logger = logging.getLogger("muc_guard.core")
 
 STATUS_SELF = 110
-#: :meth:`GuardCore.offer` verdicts
-NOT_NEW, LIVE, REPLAYED = 0, 1, 2
-_BITS = {kind: 1 << i for i, kind in enumerate(TimerKind)}
-_ROOM_TIMERS = tuple(kind for kind in TimerKind if kind is not TimerKind.PACE)
 
 
-class GuardCore:
+class GuardCore(CoreContext):
     """Keeps one client in the rooms it wants, as a pure state machine."""
 
+    joins: Joiner
+    pings: Pinger
+    nicks: Nicks
+    drops: Drops
+
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
-        self.rooms: dict[Hashable, RoomRecord] = {}
-        self.stream_up = False
-        self.closed = False
-        #: the stream's resource now, and the one our occupants had when we
-        #: last knew them (the stored one after a restart, the old stream's
-        #: after a loss): a probe makes sense only while they are equal
-        self.resource: str | None = None
-        self.occupant_resource: str | None = None
-        #: the core's clock (monotonic) and the wall clock (UNIX time) of the
-        #: event being handled
-        self.now = 0.0
-        self.wall = 0.0
-        self._out: list[Command] = []
-        self._attempts = itertools.count(1)
+        super().__init__(settings)
         self.joins = Joiner(self)
         self.pings = Pinger(self)
         self.nicks = Nicks(self)
@@ -161,34 +147,6 @@ class GuardCore:
         out, self._out = self._out, []
         return out
 
-    def traffic(self, rec: RoomRecord, now: float) -> None:
-        """A stanza from the room: proof of membership (postpones the ping)."""
-        rec.last_traffic = now
-        rec.judge.reset()
-
-    def offer(self, rec: RoomRecord, message: object, stanza_id: str | None,
-              room_stamp: float | None, nick: str, body: str | None,
-              server_now: float) -> int:
-        """A groupchat message from the room: NOT_NEW (a duplicate, or held
-        back while the archive is read), LIVE or REPLAYED (history the room
-        sent on our join). On LIVE or REPLAYED the front-end delivers it and
-        stores the position lazily. `room_stamp`: the room's own
-        ``<delay/>``, if any; `body` is read only without a stanza-id."""
-        stream = rec.stream
-        if stream is None:
-            stream = self.stream_of(rec)
-        if stream.recovering:
-            if stream.buffer is None:
-                stream.buffer = []
-            stream.buffer.append((message, server_now, stanza_id, nick, body))
-            return NOT_NEW
-        replay = stream.is_replay(room_stamp)
-        if not stream.accept(stanza_id, nick, body, now=server_now,
-                             stamp=room_stamp if replay else None, delayed=replay):
-            return NOT_NEW
-        rec.position = stream.position
-        return REPLAYED if replay else LIVE
-
     def close(self, now: float) -> list[Command]:
         """Stop everything; rooms stay wanted (for the next process)."""
         self.now = now
@@ -210,52 +168,6 @@ class GuardCore:
         self.pings.rearm_all()
         out, self._out = self._out, []
         return out
-
-    # --- for the parts --------------------------------------------------------------
-
-    def emit(self, command: Command) -> None:
-        self._out.append(command)
-
-    def new_attempt(self) -> int:
-        return next(self._attempts)
-
-    def arm(self, rec: RoomRecord, kind: TimerKind, at: float) -> None:
-        rec.timers |= _BITS[kind]
-        self._out.append(ArmTimer(rec, kind, at))
-
-    def arm_global(self, kind: TimerKind, at: float) -> None:
-        self._out.append(ArmTimer(None, kind, at))
-
-    def cancel(self, rec: RoomRecord, kind: TimerKind) -> None:
-        bit = _BITS[kind]
-        if rec.timers & bit:
-            rec.timers &= ~bit
-            self._out.append(CancelTimer(rec, kind))
-
-    @staticmethod
-    def armed(rec: RoomRecord, kind: TimerKind) -> bool:
-        return bool(rec.timers & _BITS[kind])
-
-    def stream_of(self, rec: RoomRecord) -> RoomStream:
-        if rec.stream is None:
-            rec.stream = RoomStream(rec.position)
-        return rec.stream
-
-    def send_probe(self, rec: RoomRecord) -> None:
-        self.emit(SendSelfPing(rec, rec.attempt, rec.nick,
-                               self.settings.probe_timeout, probe=True))
-
-    def learn_archive(self, rec: RoomRecord, found: bool) -> None:
-        changed = found != rec.has_archive
-        rec.has_archive = found
-        rec.archive_checked = True
-        logger.debug("%s: archive %s", rec.jid, "yes" if found else "no")
-        if changed:
-            self.persist(rec)    # stored: a restart need not ask before joining
-
-    def persist(self, rec: RoomRecord, now: bool = False) -> None:
-        if self.rooms.get(rec.jid) is rec:
-            self.emit(Persist(rec, now=now))
 
     # --- requests -------------------------------------------------------------------
 
@@ -471,12 +383,3 @@ class GuardCore:
     def _archive_check_due(self, rec: RoomRecord) -> None:
         if rec.state is State.JOINED and not self.closed:
             self.emit(QueryArchiveSupport(rec, 0))
-
-    def halt(self, rec: RoomRecord) -> None:
-        """No more work for this room: sequence, timers, pings."""
-        self.joins.abort(rec)
-        for kind in _ROOM_TIMERS:
-            self.cancel(rec, kind)
-        rec.ping = 0
-        rec.pending_nick = None
-        rec.check_siblings = False

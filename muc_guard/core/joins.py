@@ -42,8 +42,8 @@ room is still wanted and not joined, so no path can leave it stranded.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
+from .context import CoreContext
 from .commands import CancelJoin, Deliver, QueryArchiveSupport, ReadArchive, SendJoin
 from .events import (
     ArchiveRead,
@@ -58,8 +58,6 @@ from .policy import Cause, classify_join_error
 from .record import Phase, RoomRecord, State
 from .selfping import PingVerdict, read_ping_reply
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .guard import GuardCore
 
 __all__ = ["Joiner"]
 
@@ -71,9 +69,9 @@ _RUNNING = frozenset({Phase.PROBE, Phase.ARCHIVE, Phase.JOIN, Phase.RECOVER})
 
 
 class Joiner:
-    """The join rules of a :class:`GuardCore`."""
+    """The join rules of a :class:`~muc_guard.core.guard.GuardCore`."""
 
-    def __init__(self, core: GuardCore) -> None:
+    def __init__(self, core: CoreContext) -> None:
         self.core = core
 
     # --- sequences ------------------------------------------------------------------

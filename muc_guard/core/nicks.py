@@ -27,14 +27,12 @@ Solution
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
+from .context import CoreContext
 from .commands import Persist, SendNick
 from .events import NickSent, TimerKind
 from .record import RoomRecord, State
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .guard import GuardCore
 
 __all__ = ["Nicks"]
 
@@ -44,9 +42,9 @@ NICK, RECLAIM = TimerKind.NICK, TimerKind.RECLAIM
 
 
 class Nicks:
-    """The nick rules of a :class:`GuardCore`."""
+    """The nick rules of a :class:`~muc_guard.core.guard.GuardCore`."""
 
-    def __init__(self, core: GuardCore) -> None:
+    def __init__(self, core: CoreContext) -> None:
         self.core = core
 
     def request(self, rec: RoomRecord, nick: str) -> None:

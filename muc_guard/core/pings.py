@@ -36,16 +36,14 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from typing import TYPE_CHECKING
 
+from .context import CoreContext
 from .commands import SendSelfPing
 from .events import PingReplied, TimerKind
 from .policy import Cause
 from .record import RoomRecord, State
 from .selfping import PingOutcome, read_ping_reply
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .guard import GuardCore
 
 __all__ = ["Pinger"]
 
@@ -55,9 +53,9 @@ PING, PACE, SIBLINGS = TimerKind.PING, TimerKind.PACE, TimerKind.SIBLINGS
 
 
 class Pinger:
-    """The self-ping rules of a :class:`GuardCore`."""
+    """The self-ping rules of a :class:`~muc_guard.core.guard.GuardCore`."""
 
-    def __init__(self, core: GuardCore) -> None:
+    def __init__(self, core: CoreContext) -> None:
         self.core = core
         self.queue: collections.deque[RoomRecord] = collections.deque()
         self.next_slot = 0.0
