@@ -75,6 +75,7 @@ from .rooms import RoomInfo, State, TrackedRoom, merge_stored
 from .selfping import PingOutcome, PingVerdict, read_ping_reply
 from .store import Store, StoreError, StoreWriter
 from .stream import StreamWatchdog
+from .unhook import unhook_room
 
 __all__ = ["GuardEngine", "GuardError", "RoomLeftError", "GaveUpError"]
 
@@ -488,6 +489,7 @@ class GuardEngine:
             except (asyncio.TimeoutError, ConnectionError, aioxmpp.errors.XMPPError) as exc:
                 logger.info("%s: no answer to our leave (%r); forgetting it anyway", jid, exc)
         self._release_aioxmpp_room(jid)
+        unhook_room(room, self.muc)
         logger.info("%s: left and forgotten", jid)
 
     async def close(self) -> None:
@@ -773,7 +775,8 @@ class GuardEngine:
         """Stop watching a room we are (maybe) no longer in."""
         rec.cancel_timers()
         self._release_aioxmpp_room(rec.jid)
-        rec.room = None
+        room, rec.room = rec.room, None
+        unhook_room(room, self.muc)
 
     @staticmethod
     def _record_drop(rec: TrackedRoom, cause: Cause, at: float) -> None:
@@ -870,6 +873,7 @@ class GuardEngine:
             return
         if room.muc_joined:
             room._disconnect()
+            unhook_room(room, self.muc)
 
     # --- self-ping ---------------------------------------------------------------------
 
@@ -1177,6 +1181,7 @@ class GuardEngine:
             except BaseException:
                 stream.recovering = stream.replaying = False
                 stream.buffer = None
+                unhook_room(room, self.muc)    # a failed attempt's Room, once MUCClient let it go
                 raise
             return room
 
