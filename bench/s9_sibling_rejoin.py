@@ -182,8 +182,13 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
         target = targets[i]
         n_sent = len(probe.pings)
         got = await _kick_and_wait(ctx, probe, events, target)
+        # the one-room guard moves to the next fresh room while the round settles
+        await one_guard.leave(one_rooms[i])
+        if i + 1 < trials:
+            await asyncio.wait_for(one_guard.join(one_rooms[i + 1], "bot"), 30)
         if got is None:
             failures += 1
+            last_drop = time.monotonic()
             continue
         t_rx, t_rejoined = got
         last_drop = t_rx
@@ -195,11 +200,6 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
             pings_ahead.append(sends.pings_between(t_rx, t_join))
             if t_enter is not None and t_enter >= t_join:
                 join_to_enter.append(t_enter - t_join)
-
-        # the one-room guard moves to the next fresh room while the round settles
-        await one_guard.leave(one_rooms[i])
-        if i + 1 < trials:
-            await asyncio.wait_for(one_guard.join(one_rooms[i + 1], "bot"), 30)
         if not await _round_answered(probe, sz.s9_ping_timeout + 5):
             short_rounds += 1
             continue
