@@ -209,6 +209,8 @@ class Probe:
         self.pings: list[PingRecord] = []
         #: bare room JID -> time of our own unavailable self-presence (110)
         self.self_unavailable: dict[aioxmpp.JID, float] = {}
+        #: bare room JID -> time of our own last available self-presence (110)
+        self.self_available: dict[aioxmpp.JID, float] = {}
         self.ping_idle = ping_idle
         stream = client.stream
         stream.app_inbound_presence_filter.register(self._presence, self.ORDER)
@@ -247,11 +249,12 @@ class Probe:
             now = time.monotonic()
             bare = sender.bare()
             self.last_rx[bare] = now
-            if stanza.type_ == aioxmpp.PresenceType.UNAVAILABLE:
-                muc_user = stanza.xep0045_muc_user
-                codes = {int(c) for c in muc_user.status_codes} if muc_user is not None else set()
-                if 110 in codes:
+            muc_user = stanza.xep0045_muc_user
+            if muc_user is not None and 110 in {int(c) for c in muc_user.status_codes}:
+                if stanza.type_ == aioxmpp.PresenceType.UNAVAILABLE:
                     self.self_unavailable[bare] = now
+                elif stanza.type_ == aioxmpp.PresenceType.AVAILABLE:
+                    self.self_available[bare] = now
         return stanza
 
     def _message(self, message: aioxmpp.Message) -> aioxmpp.Message:
@@ -359,6 +362,16 @@ class Sizes:
     s7_busy_messages: int = 600
     s8_rooms: int = 1000
     s8_repeats: int = 3
+    s9_rooms: int = 1000
+    s9_trials: int = 30
+    s9_ping_timeout: float = 3.0
+    s10_rooms: int = 40
+    s10_warmup: float = 20.0
+    s10_seconds: float = 120.0
+    s10_drop_rate: float = 2.0
+    s10_message_rate: float = 20.0
+    s10_ping_idle: float = 1.0
+    s10_settle: float = 1.0
 
 
 SMOKE = Sizes(
@@ -370,6 +383,9 @@ SMOKE = Sizes(
     s6_rooms=20, s6_ping_idle=0.5, s6_seconds=1.0,
     s7_rooms=200, s7_busy_rooms=4, s7_busy_messages=600,
     s8_rooms=20, s8_repeats=1,
+    s9_rooms=10, s9_trials=2, s9_ping_timeout=0.5,
+    s10_rooms=5, s10_warmup=0.5, s10_seconds=1.0, s10_drop_rate=4.0, s10_message_rate=20.0,
+    s10_ping_idle=0.3, s10_settle=0.2,
 )
 
 

@@ -85,6 +85,7 @@ from .facts import (
 from .inbound import sanitize_message, sanitize_presence
 from .runner import CommandRunner, io_of
 from .stream import StreamWatchdog
+from .unhook import unhook_room
 
 __all__ = ["GuardDriver"]
 
@@ -339,6 +340,7 @@ class GuardDriver:
             except (asyncio.TimeoutError, ConnectionError, aioxmpp.errors.XMPPError) as exc:
                 logger.info("%s: no answer to our leave (%r); forgetting it anyway", jid, exc)
         self.runner._release(rec)
+        unhook_room(room, self.muc)
         logger.info("%s: left and forgotten", jid)
 
     async def close(self) -> None:

@@ -49,6 +49,7 @@ from . import mam
 from .facts import body_text, error_condition, error_type, stanza_id_of
 from .instant import CreationWatch, settle_created_room
 from .recovery import read_archive
+from .unhook import unhook_room
 
 __all__ = ["CommandRunner", "RoomIO", "GuardError", "RoomLeftError", "GaveUpError"]
 
@@ -240,6 +241,7 @@ class CommandRunner:
     async def _join(self, c: cmd.SendJoin) -> Event | None:
         rec, jid = c.rec, c.rec.jid
         io = io_of(rec)
+        room: aioxmpp.muc.Room | None = None
         try:
             await self.driver.clock.learn(rec.service)   # once per stream and service
             self._release(rec)
@@ -270,26 +272,27 @@ class CommandRunner:
             if not room.muc_joined:
                 raise _ExitedDuringJoin()   # removed again before the join completed
         except asyncio.CancelledError:
-            io.room = None
+            self._let_go(io, room)
             raise
         except aioxmpp.errors.XMPPError as exc:
-            io.room = None
+            self._let_go(io, room)
             return JoinFailed(jid, c.attempt, JoinFailure.ERROR, error_condition(exc),
                               error_type(exc), exc)
         except _JoinTimeout:
-            io.room = None
+            self._let_go(io, room)
             return JoinFailed(jid, c.attempt, JoinFailure.TIMEOUT)
         except _ExitedDuringJoin:
-            io.room = None
+            self._let_go(io, room)
             return JoinFailed(jid, c.attempt, JoinFailure.EXITED)
         except ConnectionError:
-            io.room = None
+            self._let_go(io, room)
             return JoinFailed(jid, c.attempt, JoinFailure.CONNECTION)
         except Exception:
             # A bug or an aioxmpp surprise must not leave the room stuck.
             logger.exception("%s: join attempt failed unexpectedly, will retry", jid)
-            io.room = None
+            self._let_go(io, room)
             return JoinFailed(jid, c.attempt, JoinFailure.CRASH)
+        assert room is not None
         _quiet_builtin_self_ping(room)
         me = room.me
         return JoinSucceeded(jid, c.attempt, me.nick if me is not None else None)
@@ -307,6 +310,14 @@ class CommandRunner:
             return
         if room.muc_joined:
             room._disconnect()
+            unhook_room(room, self.muc)
+
+    def _let_go(self, io: RoomIO, room: aioxmpp.muc.Room | None) -> None:
+        """A Room we are done with: MUCClient's, once it let it go, is freed
+        (aioxmpp would keep it alive for good: see unhook.py)."""
+        if io.room is room:
+            io.room = None
+        unhook_room(room, self.muc)
 
     def _detach(self, c: cmd.Detach) -> None:
         io = io_of(c.rec)
@@ -314,7 +325,7 @@ class CommandRunner:
             io.ping_task.cancel()
             io.ping_task = None
         self._release(c.rec)
-        io.room = None
+        self._let_go(io, io.room)
 
     # --- self-pings -----------------------------------------------------------------
 

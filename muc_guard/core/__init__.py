@@ -10,9 +10,10 @@ Events in, commands out::
 Nothing here imports asyncio, an XMPP library or sqlite; the clock and the
 random source are inputs. Where to read first: :mod:`.guard` (the state
 machine and its dispatch table) and :mod:`.context` (what its parts share),
-then :mod:`.joins`, :mod:`.pings`, :mod:`.nicks` and :mod:`.drops` (the rules), :mod:`.policy` (servers' codes and errors as
-data), :mod:`.selfping` (XEP-0410 replies), :mod:`.continuity` (every
-message once), :mod:`.record` (a room's state).
+then :mod:`.joins`, :mod:`.pings`, :mod:`.nicks` and :mod:`.drops` (the
+rules), :mod:`.policy` (servers' codes and errors as data),
+:mod:`.selfping` (XEP-0410 replies), :mod:`.continuity` (every message
+once), :mod:`.record` (a room's state).
 """
 
 from .commands import Command

@@ -100,9 +100,10 @@ class Drops:
         self.core.persist(rec)
         self.core.emit(Dropped(rec, cause))
         flaps = self._count_flap(rec, cause)
-        self.core.joins.start(rec, self.core.settings.backoff.first_delay(cause, flaps), flaps)
+        delay = self.core.settings.backoff.first_delay(cause, flaps)
+        self.core.joins.start(rec, delay, flaps)
         if cause is not Cause.STREAM_LOST:
-            self.core.pings.schedule_siblings(rec)
+            self.core.pings.schedule_siblings(rec, at_once=delay > 0)
 
     def suspect(self, rec: RoomRecord) -> None:
         """The stream is gone, and with it maybe (not surely) our occupant:

@@ -179,12 +179,24 @@ class Pinger:
 
     # --- the other rooms of a service -----------------------------------------------
 
-    def schedule_siblings(self, rec: RoomRecord) -> None:
+    def schedule_siblings(self, rec: RoomRecord, *, at_once: bool = False) -> None:
         """After a drop: check the service's other rooms once this room's
-        rejoin is answered (:meth:`siblings_now`), or at the latest after
-        sibling_check_delay."""
+        rejoin is answered (:meth:`siblings_now`), at the latest after
+        sibling_check_delay; `at_once` when the rejoin itself waits (332,
+        a flapping room): then there is no join to let go first."""
+        core = self.core
+        service = rec.service
+        # One round per service at a time, counted from the drop: the drops
+        # it finds must not each start another (n drops would cost n² pings).
+        if core.now - self.service_checks.get(service, -math.inf) \
+                < core.settings.ping_timeout:
+            return
+        self.service_checks[service] = core.now
         rec.check_siblings = True
-        self.core.arm(rec, SIBLINGS, self.core.now + self.core.settings.sibling_check_delay)
+        if at_once:
+            self.siblings_now(rec)
+        else:
+            core.arm(rec, SIBLINGS, core.now + core.settings.sibling_check_delay)
 
     def siblings_now(self, rec: RoomRecord) -> None:
         if not rec.check_siblings:
@@ -193,15 +205,11 @@ class Pinger:
         core = self.core
         core.cancel(rec, SIBLINGS)
         service = rec.service
-        # One check per service at a time: the drops it finds must not each
-        # start another round (n drops would cost n² pings).
-        if core.now - self.service_checks.get(service, -math.inf) \
-                < core.settings.ping_timeout:
-            return
-        self.service_checks[service] = core.now
+        since = self.service_checks.get(service, -math.inf)
+        # A room that spoke since the drop is proven: no need to ask it.
         siblings = [other for other in core.rooms.values()
                     if other is not rec and other.state is State.JOINED
-                    and other.service == service]
+                    and other.service == service and other.last_traffic <= since]
         if siblings:
             logger.info("%s: checking %d other room(s) on %s", rec.jid, len(siblings),
                         service)

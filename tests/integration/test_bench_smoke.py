@@ -41,7 +41,7 @@ def test_bench_smoke(tmp_path: pathlib.Path) -> None:
         pytest.fail(f"bench --smoke did not finish within {TIMEOUT:g} s:\n{out[-4000:]}")
     assert proc.returncode == 0, f"bench --smoke exited {proc.returncode}:\n{out[-4000:]}"
     assert "targets:" in out, out[-4000:]
-    for number in range(1, 9):
+    for number in range(1, 11):
         assert f"[bench] scenario {number} done" in out, out[-4000:]
     assert "ERROR" not in out, out[-4000:]
     text = results.read_text()

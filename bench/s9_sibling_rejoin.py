@@ -1,0 +1,253 @@
+"""
+Scenario 9: a signalled drop (110+333) in one of 1,000 rooms on one MUC
+service until the guard is back in that room. A drop in one room must not
+slow that room's own rejoin.
+
+On a drop (not a stream loss) the guard self-pings every other joined room
+on the same service (its correlated check, at most one round per service per
+``ping_timeout``): here 999 self-pings. This scenario measures what that
+round costs the rejoin of the room that dropped.
+
+Measured per trial: from the moment the client's stream hands over the
+unavailable self-presence with 110+333 (a probe filter that runs before
+muc_guard's) until ``on_rejoined`` fires for that room. Each trial kicks a
+different room (a room dropped twice within backoff_max is flapping and is
+rejoined after a pause, on purpose); the guard stays in all 1,000 rooms.
+
+Every trial is a first drop with its own full sibling round, and pays for no
+other trial's round:
+
+* the guard's ``ping_timeout`` is set to 3 s (default 30 s), and trials are
+  spaced by at least that from the previous drop, so that the once-per-
+  ``ping_timeout`` limit lets every trial start its own round (with the
+  default, trials would have to be 30 s apart). The limit is the only thing
+  this changes: every self-ping is answered within it on loopback, and the
+  scenario checks that every trial's round reached every other room and was
+  answered in full;
+* a trial starts only when the previous round is answered in full (the probe
+  times every self-ping) and Prosody is idle again (``server_quiet``);
+* ``ping_idle`` is an hour: no idle self-ping is due during the run, so
+  every self-ping is a sibling check.
+
+Floor, measured in the same run and interleaved trial by trial (as in
+scenario 1): a plain aioxmpp client (no guard) joining a fresh room, from
+``MUCClient.join()`` until its future resolves. For comparison, also
+interleaved: the same kick of a guard (a second client) that is in that one
+room only, so that no sibling round follows its drop.
+
+Also reported, to show where the time goes: from the 110+333 to the rejoin's
+join presence entering the client's send queue, how many sibling self-pings
+entered that queue before it (the queue is sent in order), and from that
+presence to our own available self-presence coming back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aioxmpp
+import aioxmpp.ping
+
+from .common import Context, Events, Probe, ScenarioResult, fmt
+
+TITLE = "Signalled drop among 1,000 rooms on one service → that room rejoined"
+
+#: long enough that no idle self-ping is due during the run
+PING_IDLE = 3600.0
+#: on top of ping_timeout between a drop and the next trial's kick
+MARGIN = 0.2
+
+
+class SendLog:
+    """Timestamps what the guard's client puts in its send queue: every
+    self-ping, and each join presence (by room). Wraps the stream's
+    ``_enqueue``, which both ``Client.send`` and ``Client.enqueue`` use."""
+
+    def __init__(self, client: aioxmpp.Client) -> None:
+        self.pings: list[float] = []
+        self.joins: dict[aioxmpp.JID, list[float]] = {}
+        stream = client.stream
+        original = stream._enqueue
+
+        def enqueue(stanza: Any, **kwargs: Any) -> Any:
+            now = time.monotonic()
+            if isinstance(stanza, aioxmpp.IQ):
+                if isinstance(stanza.payload, aioxmpp.ping.Ping):
+                    self.pings.append(now)
+            elif (isinstance(stanza, aioxmpp.Presence) and stanza.to is not None
+                  and stanza.xep0045_muc is not None
+                  and stanza.type_ == aioxmpp.PresenceType.AVAILABLE):
+                self.joins.setdefault(stanza.to.bare(), []).append(now)
+            return original(stanza, **kwargs)
+
+        stream._enqueue = enqueue
+
+    def join_after(self, room: aioxmpp.JID, after: float) -> float | None:
+        return next((t for t in self.joins.get(room, ()) if t >= after), None)
+
+    def pings_between(self, start: float, end: float) -> int:
+        return sum(1 for t in self.pings if start <= t < end)
+
+
+async def _round_answered(probe: Probe, timeout: float) -> bool:
+    """Wait (bounded) until every self-ping sent so far is answered."""
+    deadline = time.monotonic() + timeout
+    while any(p.answered is None for p in probe.pings):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def _kick_and_wait(ctx: Context, probe: Probe, events: Events, room: aioxmpp.JID
+                         ) -> tuple[float, float] | None:
+    """110+333 for `room`; (time the client received it, time of on_rejoined)."""
+    t_admin = time.monotonic()
+    await ctx.server.kick_with_codes(room, "bot", [333], "bench")
+    t_rejoined = await events.first("rejoined", room, after=t_admin, timeout=10)
+    t_rx = probe.self_unavailable.get(room)
+    if t_rejoined is None or t_rx is None or t_rx < t_admin:
+        return None
+    return t_rx, t_rejoined
+
+
+async def run(ctx: Context, res: ScenarioResult) -> None:
+    sz = ctx.sizes
+    n = sz.s9_rooms
+    trials = min(sz.s9_trials, n)
+    rooms = await ctx.rooms("s9g", n)
+    one_rooms = await ctx.rooms("s9o", trials)
+    floor_rooms = await ctx.rooms("s9f", trials)
+    # the kicked rooms, spread over the whole set
+    targets = [rooms[(i * n) // trials] for i in range(trials)]
+
+    bot, probe, guard = await ctx.watched_guard("s9bot", PING_IDLE, sz.s9_ping_timeout)
+    sends = SendLog(bot)
+    events = Events()
+    guard.on_rejoined.connect(events.listener("rejoined"))
+    await guard.open_store(str(ctx.workdir / "s9.db"))
+
+    one, one_probe, one_guard = await ctx.watched_guard("s9one", PING_IDLE,
+                                                        sz.s9_ping_timeout)
+    one_events = Events()
+    one_guard.on_rejoined.connect(one_events.listener("rejoined"))
+    await one_guard.open_store(str(ctx.workdir / "s9-one.db"))
+
+    floor = ctx.client(await ctx.account("s9floor"), "floor")
+    floor_muc = floor.summon(aioxmpp.MUCClient)
+    await asyncio.gather(ctx.connect(bot), ctx.connect(one), ctx.connect(floor))
+    await asyncio.wait_for(asyncio.gather(*(guard.join(r, "bot") for r in rooms)), 120)
+    await asyncio.wait_for(one_guard.join(one_rooms[0], "bot"), 30)
+    await asyncio.sleep(1.0)   # the guard's one-off archive probes (disco#info) settle
+    await ctx.server_quiet(10)
+
+    drop_to_rejoin: list[float] = []
+    one_to_rejoin: list[float] = []
+    floor_join: list[float] = []
+    to_join_sent: list[float] = []
+    pings_ahead: list[float] = []
+    join_to_enter: list[float] = []
+    round_time: list[float] = []
+    short_rounds = 0
+    failures = 0
+    one_failures = 0
+    last_drop = -float("inf")
+    for i in range(trials):
+        # spacing: the previous round answered, its rate limit over, the server idle
+        rounds_ok = await _round_answered(probe, sz.s9_ping_timeout + 5)
+        wait = last_drop + sz.s9_ping_timeout + MARGIN - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await ctx.server_quiet(5)
+        if not rounds_ok:
+            short_rounds += 1
+
+        # floor: a plain join of a fresh room
+        t0 = time.monotonic()
+        froom, fut = floor_muc.join(floor_rooms[i], "floor")
+        await asyncio.wait_for(fut, 10)
+        floor_join.append(time.monotonic() - t0)
+        await asyncio.wait_for(froom.leave(), 10)
+
+        # a guard in this one room only
+        got = await _kick_and_wait(ctx, one_probe, one_events, one_rooms[i])
+        if got is None:
+            one_failures += 1
+        else:
+            one_to_rejoin.append(got[1] - got[0])
+
+        # the guard in all the rooms: kick one of them
+        target = targets[i]
+        n_sent = len(probe.pings)
+        got = await _kick_and_wait(ctx, probe, events, target)
+        # the one-room guard moves to the next fresh room while the round settles
+        await one_guard.leave(one_rooms[i])
+        if i + 1 < trials:
+            await asyncio.wait_for(one_guard.join(one_rooms[i + 1], "bot"), 30)
+        if got is None:
+            failures += 1
+            last_drop = time.monotonic()
+            continue
+        t_rx, t_rejoined = got
+        last_drop = t_rx
+        drop_to_rejoin.append(t_rejoined - t_rx)
+        t_join = sends.join_after(target, t_rx)
+        t_enter = probe.self_available.get(target)
+        if t_join is not None:
+            to_join_sent.append(t_join - t_rx)
+            pings_ahead.append(sends.pings_between(t_rx, t_join))
+            if t_enter is not None and t_enter >= t_join:
+                join_to_enter.append(t_enter - t_join)
+        if not await _round_answered(probe, sz.s9_ping_timeout + 5):
+            short_rounds += 1
+            continue
+        this_round = [p for p in probe.pings[n_sent:]
+                      if p.to is not None and p.to.bare() != target]
+        answered = [p for p in this_round if p.condition is None]
+        if len(this_round) != n - 1 or len(answered) != n - 1:
+            short_rounds += 1
+        if this_round:
+            round_time.append(max(p.answered or p.sent for p in this_round)
+                              - min(p.sent for p in this_round))
+
+    await ctx.cleanup()
+
+    ms = lambda xs: [x * 1000 for x in xs]  # noqa: E731
+    floor_fig = res.figure("floor: plain aioxmpp join of a fresh room", "ms", ms(floor_join))
+    one_fig = res.figure("guard in 1 room: 110+333 received → on_rejoined", "ms",
+                         ms(one_to_rejoin), baseline=floor_fig)
+    guard_fig = res.figure(f"guard in {n:,} rooms: 110+333 received → on_rejoined", "ms",
+                           ms(drop_to_rejoin), baseline=floor_fig)
+    res.figure("(info) 110+333 received → rejoin presence queued", "ms", ms(to_join_sent))
+    res.figure("(info) sibling self-pings queued ahead of the rejoin presence", "",
+               pings_ahead)
+    res.figure("(info) rejoin presence queued → own self-presence received", "ms",
+               ms(join_to_enter))
+    res.figure(f"(info) sibling round: first of {n - 1:,} self-pings sent → last answered",
+               "ms", ms(round_time))
+
+    s, f, o = guard_fig.summary, floor_fig.summary, one_fig.summary
+    ratio = s.median / f.median if f.n and s.n else float("nan")
+    tail = s.p99 / s.median if s.n else float("nan")
+    res.check(f"≥ {trials} trials, each with its own full sibling round",
+              f"{s.n} trials, {failures} failed; rounds short of {n - 1:,} answered "
+              f"self-pings or overlapping a trial: {short_rounds}",
+              s.n >= trials and failures == 0 and short_rounds == 0)
+    res.check("median ≤ 1.25 × floor",
+              f"{fmt(s.median)} ms vs floor {fmt(f.median)} ms = {ratio:.2f} × "
+              f"(guard in one room: {fmt(o.median)} ms)",
+              ratio <= 1.25)
+    res.check("p99 ≤ 3 × median",
+              f"p99 {fmt(s.p99)} ms = {tail:.2f} × the median (max {fmt(s.max)} ms)",
+              tail <= 3.0)
+    res.note(f"{trials} trials, each kicking a different one of {n:,} rooms on one service "
+             f"(so {n - 1:,} siblings), interleaved with the floor joins and the one-room "
+             f"guard's kicks ({one_failures} failed); ping_timeout = "
+             f"{sz.s9_ping_timeout:g} s, trials at least {sz.s9_ping_timeout + MARGIN:g} s "
+             f"after the previous drop.")
+    res.note(f"{len(sends.pings):,} self-pings queued in all, every one a sibling check "
+             f"(ping_idle = {PING_IDLE / 3600:g} h). The p99 of {s.n} samples is close to "
+             f"their maximum.")
+    res.note(f"Server: Prosody with network_settings nagle={str(ctx.server.nagle).lower()}.")
