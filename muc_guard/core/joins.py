@@ -226,7 +226,7 @@ class Joiner:
         self._release_slot(rec)
         core = self.core
         core.drops.joined(rec, event.nick)
-        core.pings.siblings_now(rec)
+        core.pings.siblings_after_join(rec)
         if rec.stream is not None and rec.stream.recovering:
             rec.phase = Phase.RECOVER
             rec.failures = 0
@@ -241,7 +241,7 @@ class Joiner:
         if rec.stream is not None:
             rec.stream.recovering = rec.stream.replaying = False
             rec.stream.buffer = None
-        core.pings.siblings_now(rec)
+        core.pings.siblings_after_join(rec)
         failure = event.failure
         if failure is JoinFailure.ERROR:
             condition = event.condition or "undefined-condition"
