@@ -356,6 +356,10 @@ class GuardCore:
                 self._suspect(rec)
             else:
                 self.dropped(rec, Cause.STREAM_LOST)
+        # A join under way went out on the lost stream: a success reported
+        # later would count a room joined that the next stream is not in.
+        for rec in list(self.rooms.values()):
+            self.joins.stream_lost(rec)
 
     def _stream_suspended(self, event: StreamSuspended) -> None:
         self.stream_up = False   # XEP-0198 hibernation: pings and joins wait

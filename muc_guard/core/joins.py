@@ -37,6 +37,12 @@ A join *sequence* starts with a delay and a failure count
 
 Whatever ends a sequence, :meth:`Joiner.end` starts the next one if the
 room is still wanted and not joined, so no path can leave it stranded.
+
+A lost stream (not a suspended one) takes the steps that went out on it
+with it: a probe, archive question or join in flight is cancelled and the
+room waits in STREAM for the next stream (:meth:`Joiner.stream_lost`), as
+do rooms waiting for a slot; their answers, should they still come, would
+speak of a stream that is gone.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ logger = logging.getLogger("muc_guard.core")
 JOIN, ARCHIVE_RETRY = TimerKind.JOIN, TimerKind.ARCHIVE_RETRY
 #: phases with a command of the front-end in flight
 _RUNNING = frozenset({Phase.PROBE, Phase.ARCHIVE, Phase.JOIN, Phase.RECOVER})
+#: phases of a room not joined whose next step needs the stream they started on
+_STREAM_BOUND = frozenset({Phase.SLOT, Phase.PROBE, Phase.ARCHIVE, Phase.JOIN})
 
 
 class Joiner:
@@ -148,6 +156,17 @@ class Joiner:
         rec.attempt = 0
         rec.next_join = None
 
+    def stream_lost(self, rec: RoomRecord) -> None:
+        """The stream is gone (not suspended): a probe, archive question or
+        join in flight, or a place in the gate's queue, belonged to it.
+        Cancel it and wait for the next stream (the count of failures stays)."""
+        if rec.state is State.JOINED or rec.phase not in _STREAM_BOUND:
+            return
+        pending = rec.next_join
+        self.abort(rec)
+        rec.next_join = pending
+        rec.phase = Phase.STREAM
+
     # --- probe, slot, archive question, join ---------------------------------------
 
     def probe_replied(self, rec: RoomRecord, event: PingReplied) -> None:
@@ -189,6 +208,11 @@ class Joiner:
             other = core.rooms.get(jid)
             if other is None or other.phase is not Phase.SLOT:
                 admitted.extend(core.settings.gate.leave())   # stale: pass the slot on
+                continue
+            if not core.stream_up:
+                # No stream to join on: wait for it, and pass the slot on.
+                other.phase = Phase.STREAM
+                admitted.extend(core.settings.gate.leave())
                 continue
             other.holds_slot = True
             self._prepare(other)

@@ -391,3 +391,44 @@ def test_leave_cancels_the_rooms_timers_wakes_its_callers_and_forgets_it() -> No
     assert guard(LeaveRequested(ROOM)) == [CancelTimer(rec, PING),
                                            ResolveWaiters(rec, error="left"), Forget(rec)]
     assert guard.core.rooms == {}
+
+
+# --- regressions: defects the model-based test found ------------------------------
+
+
+def test_a_join_in_flight_when_the_stream_is_lost_is_cancelled_and_sent_again() -> None:
+    """A success reported after the stream was lost (the result racing the
+    stream's end) counted the room joined on a stream it was not in."""
+    guard = Guard()
+    join = guard.join_sent()
+    rec = guard.rec()
+    assert guard(StreamDown("res1")) == [CancelJoin(rec)]
+    assert rec.phase is Phase.STREAM
+    assert guard(JoinSucceeded(ROOM, join.attempt)) == []      # if it comes anyway
+    assert rec.state is State.JOINING
+    [again] = guard(StreamUp("res1"))
+    assert type(again) is SendJoin and again.attempt != join.attempt
+
+
+def test_a_lost_stream_empties_the_join_gate_and_sends_no_join() -> None:
+    """A slot freed while the stream was down let the next room's join out."""
+    guard = Guard(max_concurrent_joins=1)
+    guard.join_sent(ROOM)
+    guard(JoinRequested(ROOM2, SERVICE, "bot"))
+    commands = guard(StreamDown("res1"))
+    assert commands == [CancelJoin(guard.rec(ROOM))]
+    assert (guard.rec(ROOM).phase, guard.rec(ROOM2).phase) == (Phase.STREAM, Phase.STREAM)
+    assert guard.core.settings.gate.in_flight == 0
+    assert [c.rec.jid for c in only(guard(StreamUp("res1")), SendJoin)] == [ROOM]
+
+
+def test_a_slot_freed_while_the_stream_is_suspended_waits_for_the_resumption() -> None:
+    guard = Guard(max_concurrent_joins=1)
+    join = guard.join_sent(ROOM)
+    guard(JoinRequested(ROOM2, SERVICE, "bot"))
+    guard(StreamSuspended())
+    commands = guard(JoinFailed(ROOM, join.attempt, JoinFailure.TIMEOUT))
+    assert only(commands, SendJoin) == []
+    assert guard.rec(ROOM2).phase is Phase.STREAM
+    assert [c.rec.jid for c in only(guard(StreamResumed()), SendJoin)] == [ROOM2]
+
