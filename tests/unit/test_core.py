@@ -432,3 +432,24 @@ def test_a_slot_freed_while_the_stream_is_suspended_waits_for_the_resumption() -
     assert guard.rec(ROOM2).phase is Phase.STREAM
     assert [c.rec.jid for c in only(guard(StreamResumed()), SendJoin)] == [ROOM2]
 
+
+def test_an_aborted_self_ping_on_a_stream_up_again_rearms_the_ping() -> None:
+    """The abort of a ping that outlived a suspension left the room joined
+    with no self-ping pending: a silent drop would never be noticed."""
+    guard = Guard()
+    rec = guard.joined()
+    [ping] = guard(TimerFired(ROOM, PING), at=10.0)
+    guard(StreamSuspended())
+    assert guard(StreamResumed()) == []           # the ping in flight covers the room
+    assert guard(PingReplied(ROOM, ping.attempt, aborted=True), at=11.0) == [
+        ArmTimer(rec, PING, 21.0)]
+
+
+def test_an_aborted_self_ping_while_suspended_waits_for_the_resumption() -> None:
+    guard = Guard()
+    rec = guard.joined()
+    [ping] = guard(TimerFired(ROOM, PING), at=10.0)
+    guard(StreamSuspended())
+    assert guard(PingReplied(ROOM, ping.attempt, aborted=True), at=11.0) == []
+    assert guard(StreamResumed()) == [ArmTimer(rec, PING, 10.0)]
+
