@@ -152,8 +152,8 @@ class Pinger:
             if rec.last_traffic + core.settings.ping_idle > now:
                 self.arm(rec)     # traffic came while it waited
                 continue
-            if not core.stream_up:
-                self.arm(rec, now + core.settings.ping_idle)
+            if not core.stream_up or rec.nick_change_pending:
+                self.arm(rec, now + core.settings.ping_idle)   # as due() would
                 continue
             self.next_slot = max(self.next_slot, now) + self._interval()
             self._send(rec)

@@ -453,3 +453,14 @@ def test_an_aborted_self_ping_while_suspended_waits_for_the_resumption() -> None
     assert guard(PingReplied(ROOM, ping.attempt, aborted=True), at=11.0) == []
     assert guard(StreamResumed()) == [ArmTimer(rec, PING, 10.0)]
 
+
+def test_a_queued_idle_ping_waits_while_a_nick_change_is_pending() -> None:
+    """The pace queue sent a self-ping in the middle of a nick change."""
+    guard = Guard(min_ping_rate=0.5)                 # a slot every 2 s
+    first = guard.joined(ROOM)
+    second = guard.joined(ROOM2)
+    assert guard(TimerFired(ROOM, PING), at=10.0) == [SendSelfPing(first, 3, "bot", 2.0)]
+    assert guard(TimerFired(ROOM2, PING)) == [ArmTimer(None, PACE, 12.0)]
+    guard(NickRequested(ROOM2, "robot"))
+    assert guard(TimerFired(None, PACE), at=12.0) == [ArmTimer(second, PING, 22.0)]
+
