@@ -317,7 +317,10 @@ class GuardCore:
                 # join() before open_store(): its wishes win, the stored
                 # knowledge (position, drops, archive) is kept.
                 merge_stored(rec, row)
-                if rec.state is not State.JOINED and row.wanted and rec.wanted:
+                # Only a room not joined yet in this process is rejoining
+                # after the restart; one dropped since (REJOINING) knows
+                # better: its drop is announced or its probe is under way.
+                if rec.state is State.JOINING and row.wanted:
                     rec.announce_rejoin = True
                     rec.probe = probe
                 continue

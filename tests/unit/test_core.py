@@ -464,3 +464,31 @@ def test_a_queued_idle_ping_waits_while_a_nick_change_is_pending() -> None:
     guard(NickRequested(ROOM2, "robot"))
     assert guard(TimerFired(None, PACE), at=12.0) == [ArmTimer(second, PING, 22.0)]
 
+
+def stored(room: str = ROOM, **fields: object) -> RoomRecord:
+    return RoomRecord(jid=room, requested_nick="bot", nick="bot", service=SERVICE,
+                      last_joined=WALL - 100, **fields)   # type: ignore[arg-type]
+
+
+def test_a_store_opened_during_a_rejoin_does_not_hide_the_announced_drop() -> None:
+    """Merged into a room rejoining after a drop, a crashed store's probe
+    found us "still in" and cancelled the Rejoined that drop was owed."""
+    guard = Guard()
+    rec = guard.joined()
+    [join] = only(guard(removal(110, 333), at=1.0), SendJoin)
+    [arm] = only(guard(JoinFailed(ROOM, join.attempt, JoinFailure.TIMEOUT)), ArmTimer)
+    guard(StoreLoaded((stored(),), crashed=True))
+    [join] = only(guard(TimerFired(ROOM, JOIN), at=arm.at), SendJoin)     # no probe
+    assert Rejoined(rec) in guard(JoinSucceeded(ROOM, join.attempt))
+
+
+def test_a_store_opened_after_a_lost_stream_keeps_the_probe_of_the_suspected_room() -> None:
+    """A clean store cleared the probe of a room suspected after a lost
+    stream: it rejoined announcing a Rejoined with no Dropped before it."""
+    guard = Guard()
+    rec = guard.joined()
+    guard(StreamDown("res1"))
+    guard(StoreLoaded((stored(),), crashed=False))
+    [probe] = guard(StreamUp("res1"))
+    assert probe == SendSelfPing(rec, probe.attempt, "bot", 5.0, probe=True)
+
