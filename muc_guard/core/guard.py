@@ -489,6 +489,7 @@ class GuardCore:
             rec.drop_pending = False
             rec.rejoined_at = self.now
         rec.state = State.JOINED
+        rec.probe = False       # the join settled it (a StoreLoaded may set it mid-join)
         if nick and nick != rec.nick:
             logger.info("%s: the room gave us nick %r instead of %r", rec.jid, nick, rec.nick)
             rec.nick = nick

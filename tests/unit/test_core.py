@@ -492,3 +492,15 @@ def test_a_store_opened_after_a_lost_stream_keeps_the_probe_of_the_suspected_roo
     [probe] = guard(StreamUp("res1"))
     assert probe == SendSelfPing(rec, probe.attempt, "bot", 5.0, probe=True)
 
+
+def test_a_successful_join_settles_the_probe_a_crashed_store_asked_for() -> None:
+    """A store merged while the join was out left `probe` set; the next
+    drop then probed, and a "still in" reply cancelled its Rejoined."""
+    guard = Guard()
+    join = guard.join_sent()
+    rec = guard.rec()
+    guard(StoreLoaded((stored(),), crashed=True))
+    assert guard(JoinSucceeded(ROOM, join.attempt))[-1] == Rejoined(rec)   # the restart
+    commands = guard(removal(110, 333), at=1.0)
+    assert only(commands, SendSelfPing) == [] and len(only(commands, SendJoin)) == 1
+
