@@ -243,6 +243,7 @@ class Joiner:
         stream.buffer = None    # what waited for an earlier join comes back from there
         rec.phase = Phase.JOIN
         rec.attempt = self.core.new_attempt()
+        rec.join_nick = rec.nick
         self.core.emit(SendJoin(rec, rec.attempt, rec.nick, rec.password, archive,
                                 rec.position.last_ts, rec.last_joined, rec.confirmed))
 
@@ -251,7 +252,9 @@ class Joiner:
     def succeeded(self, rec: RoomRecord, event: JoinSucceeded) -> None:
         self._release_slot(rec)
         core = self.core
-        core.joined(rec, event.nick)
+        # Without the room's word, we hold the nick this attempt asked for,
+        # not one asked for since (join() or set_nick() while it was out).
+        core.joined(rec, event.nick or rec.join_nick)
         core.pings.siblings_now(rec)
         if rec.stream is not None and rec.stream.recovering:
             rec.phase = Phase.RECOVER

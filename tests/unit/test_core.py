@@ -504,3 +504,15 @@ def test_a_successful_join_settles_the_probe_a_crashed_store_asked_for() -> None
     commands = guard(removal(110, 333), at=1.0)
     assert only(commands, SendSelfPing) == [] and len(only(commands, SendJoin)) == 1
 
+
+def test_a_join_answered_without_a_nick_holds_the_nick_that_attempt_asked_for() -> None:
+    """join() with another nick while the join was out: the success (the
+    front-end not knowing the nick) made the core believe the new nick, and
+    every self-ping went to an occupant JID that was not ours."""
+    guard = Guard()
+    join = guard.join_sent(nick="bot")
+    rec = guard.rec()
+    assert guard(JoinRequested(ROOM, SERVICE, "robot")) == [Persist(rec, now=True)]
+    guard(JoinSucceeded(ROOM, join.attempt))
+    assert (rec.state, rec.nick, rec.requested_nick) == (State.JOINED, "bot", "robot")
+    assert guard(TimerFired(ROOM, PING), at=10.0) == [SendSelfPing(rec, 2, "bot", 2.0)]
