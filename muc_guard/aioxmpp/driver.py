@@ -67,7 +67,8 @@ from ..core.events import (
 from ..core.guard import REPLAYED, GuardCore
 from ..core.invariants import violations
 from ..core.joins import _RUNNING
-from ..core.record import RoomInfo, RoomRecord, State
+from ..core.events import TimerKind
+from ..core.record import Phase, RoomInfo, RoomRecord, State
 from ..core.settings import Settings
 from ..store import Store, StoreError, StoreWriter
 from . import redact
@@ -188,7 +189,8 @@ class GuardDriver:
         for rec in self.core.rooms.values():
             io = rec.io if isinstance(rec.io, _runner.RoomIO) else None
             task = io.task if io is not None else None
-            if rec.phase in _RUNNING and (task is None or task.done()):
+            waiting = rec.phase is Phase.RECOVER and self.core.armed(rec, TimerKind.ARCHIVE_RETRY)
+            if rec.phase in _RUNNING and not waiting and (task is None or task.done()):
                 found.append(f"{rec.jid}: {rec.phase.name}, but no task runs for it")
             if rec.ping and (io is None or io.ping_task is None):
                 found.append(f"{rec.jid}: a self-ping in flight without its task")

@@ -518,6 +518,8 @@ class CommandRunner:
             error = RoomLeftError(f"{c.rec.jid} was left")
         elif c.error == "gave-up" and c.cause is not None:
             error = GaveUpError(c.rec.jid, c.cause)
+        elif c.error == "refused":
+            error = GuardError(f"{c.rec.jid}: join refused")
         else:
             error = ConnectionError("muc_guard shut down")
         for waiter in waiters:

@@ -181,7 +181,7 @@ class ResolveWaiters:
 
     rec: RoomRecord
     joined: bool = False
-    error: str | None = None       #: "left", "gave-up", "shutdown"
+    error: str | None = None       #: "left", "gave-up", "refused", "shutdown"
     cause: Cause | None = None
     exception: BaseException | None = dataclasses.field(default=None, compare=False)
 

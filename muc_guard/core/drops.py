@@ -50,6 +50,7 @@ class Drops:
             rec.drop_pending = False
             rec.rejoined_at = self.core.now
         rec.state = State.JOINED
+        rec.probe = False       # the join settled it (a StoreLoaded may set it mid-join)
         if nick and nick != rec.nick:
             logger.info("%s: the room gave us nick %r instead of %r", rec.jid, nick, rec.nick)
             rec.nick = nick
@@ -158,7 +159,8 @@ class Drops:
         rec.state = State.GAVE_UP
         rec.last_cause = cause
         self.core.halt(rec)
-        self.core.emit(Detach(rec))
+        if not dropped:    # a drop detached it already
+            self.core.emit(Detach(rec))
         # A crash must not lead to a rejoin against the room's will.
         self.core.persist(rec, now=True)
         self.core.emit(ResolveWaiters(rec, error="gave-up", cause=cause, exception=exc))

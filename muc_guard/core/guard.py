@@ -227,7 +227,10 @@ class GuardCore(CoreContext):
                 # join() before open_store(): its wishes win, the stored
                 # knowledge (position, drops, archive) is kept.
                 merge_stored(rec, row)
-                if rec.state is not State.JOINED and row.wanted and rec.wanted:
+                # Only a room not joined yet in this process is rejoining
+                # after the restart; one dropped since (REJOINING) knows
+                # better: its drop is announced or its probe is under way.
+                if rec.state is State.JOINING and row.wanted:
                     rec.announce_rejoin = True
                     rec.probe = probe
                 continue
@@ -266,6 +269,10 @@ class GuardCore(CoreContext):
                 self.drops.suspect(rec)
             else:
                 self.drops.dropped(rec, Cause.STREAM_LOST)
+        # A join under way went out on the lost stream: a success reported
+        # later would count a room joined that the next stream is not in.
+        for rec in list(self.rooms.values()):
+            self.joins.stream_lost(rec)
 
     def _stream_suspended(self, event: StreamSuspended) -> None:
         self.stream_up = False   # XEP-0198 hibernation: pings and joins wait

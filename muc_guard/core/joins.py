@@ -37,6 +37,12 @@ A join *sequence* starts with a delay and a failure count
 
 Whatever ends a sequence, :meth:`Joiner.end` starts the next one if the
 room is still wanted and not joined, so no path can leave it stranded.
+
+A lost stream (not a suspended one) takes the steps that went out on it
+with it: a probe, archive question or join in flight is cancelled and the
+room waits in STREAM for the next stream (:meth:`Joiner.stream_lost`), as
+do rooms waiting for a slot; their answers, should they still come, would
+speak of a stream that is gone.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ logger = logging.getLogger("muc_guard.core")
 JOIN, ARCHIVE_RETRY = TimerKind.JOIN, TimerKind.ARCHIVE_RETRY
 #: phases with a command of the front-end in flight
 _RUNNING = frozenset({Phase.PROBE, Phase.ARCHIVE, Phase.JOIN, Phase.RECOVER})
+#: phases of a room not joined whose next step needs the stream they started on
+_STREAM_BOUND = frozenset({Phase.SLOT, Phase.PROBE, Phase.ARCHIVE, Phase.JOIN})
 
 
 class Joiner:
@@ -146,6 +154,17 @@ class Joiner:
         rec.attempt = 0
         rec.next_join = None
 
+    def stream_lost(self, rec: RoomRecord) -> None:
+        """The stream is gone (not suspended): a probe, archive question or
+        join in flight, or a place in the gate's queue, belonged to it.
+        Cancel it and wait for the next stream (the count of failures stays)."""
+        if rec.state is State.JOINED or rec.phase not in _STREAM_BOUND:
+            return
+        pending = rec.next_join
+        self.abort(rec)
+        rec.next_join = pending
+        rec.phase = Phase.STREAM
+
     # --- probe, slot, archive question, join ---------------------------------------
 
     def probe_replied(self, rec: RoomRecord, event: PingReplied) -> None:
@@ -188,6 +207,11 @@ class Joiner:
             if other is None or other.phase is not Phase.SLOT:
                 admitted.extend(core.settings.gate.leave())   # stale: pass the slot on
                 continue
+            if not core.stream_up:
+                # No stream to join on: wait for it, and pass the slot on.
+                other.phase = Phase.STREAM
+                admitted.extend(core.settings.gate.leave())
+                continue
             other.holds_slot = True
             self._prepare(other)
 
@@ -217,6 +241,7 @@ class Joiner:
         stream.buffer = None    # what waited for an earlier join comes back from there
         rec.phase = Phase.JOIN
         rec.attempt = self.core.new_attempt()
+        rec.join_nick = rec.nick
         self.core.emit(SendJoin(rec, rec.attempt, rec.nick, rec.password, archive,
                                 rec.position.last_ts, rec.last_joined, rec.confirmed))
 
@@ -225,7 +250,10 @@ class Joiner:
     def succeeded(self, rec: RoomRecord, event: JoinSucceeded) -> None:
         self._release_slot(rec)
         core = self.core
-        core.drops.joined(rec, event.nick)
+        # Without the room's word, we hold the nick this attempt asked for,
+        # not one asked for since (join() or set_nick() while it was out).
+        core.drops.joined(rec, event.nick or rec.join_nick)
+        core.nicks.follow_request(rec)
         core.pings.siblings_after_join(rec)
         if rec.stream is not None and rec.stream.recovering:
             rec.phase = Phase.RECOVER
@@ -237,11 +265,11 @@ class Joiner:
 
     def failed(self, rec: RoomRecord, event: JoinFailed) -> None:
         self._release_slot(rec)
+        rec.phase, rec.attempt = Phase.IDLE, 0    # answered: nothing left to cancel
         core = self.core
         if rec.stream is not None:
             rec.stream.recovering = rec.stream.replaying = False
             rec.stream.buffer = None
-        core.pings.siblings_after_join(rec)
         failure = event.failure
         if failure is JoinFailure.ERROR:
             condition = event.condition or "undefined-condition"
@@ -263,10 +291,12 @@ class Joiner:
                     core.drops.give_up(rec, Cause.JOIN_ERROR, event.exception)
                     return
         elif failure is JoinFailure.CONNECTION and not core.stream_up:
+            core.pings.siblings_after_join(rec)
             self.ready(rec)   # wait for the stream, then try at once
             return
         else:
             logger.info("%s: join attempt failed (%s), will retry", rec.jid, failure.value)
+        core.pings.siblings_after_join(rec)
         rec.failures += 1
         self._wait(rec, core.settings.backoff.delay(rec.failures))
 

@@ -63,6 +63,17 @@ class Nicks:
         self.begin(rec, nick)
         core.emit(SendNick(rec, nick, explicit=True))
 
+    def follow_request(self, rec: RoomRecord) -> None:
+        """Just joined: if join() or set_nick() asked for another nick while
+        the join was out, ask the room for it now. (A 210 rewrite or a
+        fallback nick is the room's answer, not a request: left alone.)"""
+        wanted = rec.requested_nick
+        if (rec.preferred_nick is None and wanted != rec.join_nick and wanted != rec.nick
+                and not rec.nick_change_pending and self.core.stream_up):
+            logger.info("%s: asking for nick %r, requested while joining", rec.jid, wanted)
+            self.begin(rec, wanted)
+            self.core.emit(SendNick(rec, wanted))
+
     def sent(self, rec: RoomRecord, event: NickSent) -> None:
         """How our request went (the room's presence settles the nick itself)."""
         if not event.ok:

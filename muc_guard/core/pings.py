@@ -150,8 +150,8 @@ class Pinger:
             if rec.last_traffic + core.settings.ping_idle > now:
                 self.arm(rec)     # traffic came while it waited
                 continue
-            if not core.stream_up:
-                self.arm(rec, now + core.settings.ping_idle)
+            if not core.stream_up or rec.nick_change_pending:
+                self.arm(rec, now + core.settings.ping_idle)   # as due() would
                 continue
             self.next_slot = max(self.next_slot, now) + self._interval()
             self._send(rec)
@@ -162,8 +162,15 @@ class Pinger:
     def replied(self, rec: RoomRecord, event: PingReplied) -> None:
         core = self.core
         rec.ping = 0
-        if event.aborted or rec.state is not State.JOINED:
-            return    # the stream's own events take over
+        if rec.state is not State.JOINED:
+            return
+        if event.aborted:
+            # The stream failed under the ping: its own events take over (a
+            # lost stream suspects the room, a resumed one re-arms it), unless
+            # it is up again already: then nothing else would.
+            if core.stream_up:
+                self.arm(rec, core.now + core.settings.ping_idle)
+            return
         verdict = read_ping_reply(event.condition, timed_out=event.timed_out)
         outcome = rec.judge.judge(verdict, timed_out=event.timed_out)
         logger.debug("%s: self-ping %s -> %s", rec.jid,

@@ -134,6 +134,8 @@ class RoomRecord:
     next_join: tuple[float, int] | None = None
     #: the nick asked for in a change still unanswered ("" when a 303 named none)
     pending_nick: str | None = None
+    #: the nick the join in flight asked for (rec.nick may change meanwhile)
+    join_nick: str | None = None
     #: set while we hold a fallback nick: the nick to win back
     preferred_nick: str | None = None
     #: UNIX time the stream was lost while joined; the drop is confirmed (and
