@@ -252,8 +252,11 @@ class Joiner:
         core = self.core
         # Without the room's word, we hold the nick this attempt asked for,
         # not one asked for since (join() or set_nick() while it was out).
+        # join() or set_nick() while the join was out set the nick to ask for
+        asked_since = rec.join_nick is not None and rec.nick != rec.join_nick
         core.drops.joined(rec, event.nick or rec.join_nick)
-        core.nicks.follow_request(rec)
+        if asked_since:
+            core.nicks.follow_request(rec)
         core.pings.siblings_after_join(rec)
         if rec.stream is not None and rec.stream.recovering:
             rec.phase = Phase.RECOVER

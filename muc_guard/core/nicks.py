@@ -64,11 +64,11 @@ class Nicks:
         core.emit(SendNick(rec, nick, explicit=True))
 
     def follow_request(self, rec: RoomRecord) -> None:
-        """Just joined: if join() or set_nick() asked for another nick while
-        the join was out, ask the room for it now. (A 210 rewrite or a
-        fallback nick is the room's answer, not a request: left alone.)"""
+        """Just joined, after join() or set_nick() asked for another nick
+        while the join was out: ask the room for it now. (A 210 rewrite or a
+        fallback nick is the room's answer, not a request: never called.)"""
         wanted = rec.requested_nick
-        if (rec.preferred_nick is None and wanted != rec.join_nick and wanted != rec.nick
+        if (rec.preferred_nick is None and wanted != rec.nick
                 and not rec.nick_change_pending and self.core.stream_up):
             logger.info("%s: asking for nick %r, requested while joining", rec.jid, wanted)
             self.begin(rec, wanted)

@@ -543,3 +543,14 @@ def test_a_210_rewrite_of_our_nick_is_the_rooms_answer_not_a_request() -> None:
     commands = guard(JoinSucceeded(ROOM, join.attempt, "Bot"))
     assert only(commands, SendNick) == []
     assert guard.rec().nick == "Bot"
+
+
+def test_a_rewritten_nick_restored_from_the_store_is_kept_not_asked_back() -> None:
+    guard = Guard()
+    rec = RoomRecord(jid=ROOM, requested_nick="bot", nick="bot-given", service=SERVICE,
+                     last_joined=WALL - 60)
+    guard(StreamUp("res1"))
+    [join] = only(guard(StoreLoaded((rec,), crashed=False)), SendJoin)
+    assert join.nick == "bot-given"
+    commands = guard(JoinSucceeded(ROOM, join.attempt, "bot-given"))
+    assert only(commands, SendNick) == [] and rec.nick == "bot-given"
