@@ -51,6 +51,7 @@ import aioxmpp
 import aioxmpp.ping
 
 from .common import Context, Events, Probe, ScenarioResult, fmt
+from .stalls import StallWatch
 
 TITLE = "Signalled drop among 1,000 rooms on one service → that room rejoined"
 
@@ -150,6 +151,9 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
     pings_ahead: list[float] = []
     join_to_enter: list[float] = []
     round_time: list[float] = []
+    # (series, start, end) of every measured interval, for the stall report
+    windows: list[tuple[str, float, float]] = []
+    watch = StallWatch().start()
     short_rounds = 0
     failures = 0
     one_failures = 0
@@ -169,6 +173,7 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
         froom, fut = floor_muc.join(floor_rooms[i], "floor")
         await asyncio.wait_for(fut, 10)
         floor_join.append(time.monotonic() - t0)
+        windows.append(("floor", t0, t0 + floor_join[-1]))
         await asyncio.wait_for(froom.leave(), 10)
 
         # a guard in this one room only
@@ -177,6 +182,7 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
             one_failures += 1
         else:
             one_to_rejoin.append(got[1] - got[0])
+            windows.append(("one room", *got))
 
         # the guard in all the rooms: kick one of them
         target = targets[i]
@@ -193,6 +199,7 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
         t_rx, t_rejoined = got
         last_drop = t_rx
         drop_to_rejoin.append(t_rejoined - t_rx)
+        windows.append((f"{n:,} rooms", t_rx, t_rejoined))
         t_join = sends.join_after(target, t_rx)
         t_enter = probe.self_available.get(target)
         if t_join is not None:
@@ -212,6 +219,7 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
             round_time.append(max(p.answered or p.sent for p in this_round)
                               - min(p.sent for p in this_round))
 
+    await watch.stop()
     await ctx.cleanup()
 
     ms = lambda xs: [x * 1000 for x in xs]  # noqa: E731
@@ -250,4 +258,23 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
     res.note(f"{len(sends.pings):,} self-pings queued in all, every one a sibling check "
              f"(ping_idle = {PING_IDLE / 3600:g} h). The p99 of {s.n} samples is close to "
              f"their maximum.")
+    _note_stalls(res, watch, windows)
     res.note(f"Server: Prosody with network_settings nagle={str(ctx.server.nagle).lower()}.")
+
+
+def _note_stalls(res: ScenarioResult, watch: StallWatch, windows: list[tuple[str, float, float]]
+                 ) -> None:
+    """The slowest measured intervals, each with how much of it this process
+    spent collecting garbage or with its event loop stalled (bench/stalls.py):
+    a tail that the process shares is not the rejoin's own."""
+    slowest = sorted(windows, key=lambda w: w[2] - w[1], reverse=True)[:5]
+    parts = []
+    for series, start, end in slowest:
+        collecting, stalled = watch.during(start, end)
+        parts.append(f"{series} {fmt((end - start) * 1000)} ms (GC {fmt(collecting * 1000)} ms, "
+                     f"loop stalled {fmt(stalled * 1000)} ms)")
+    full = watch.full_collections()
+    res.note(f"Slowest measured intervals of the three series: {'; '.join(parts)}. This "
+             f"process ran {len(full)} full (generation-2) collections during the trials"
+             + (f", {fmt(min(full) * 1000)} to {fmt(max(full) * 1000)} ms each" if full else "")
+             + f", and its event loop woke late (> 3 ms) {len(watch.stalls)} times.")
