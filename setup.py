@@ -21,8 +21,10 @@ setup(
     python_requires=">=3.11",
     install_requires=[
         # On Python 3.13 aioxmpp's lxml~=4.0 pin cannot build: see README,
-        # "Installing on Python 3.13".
-        "aioxmpp>=0.13,<0.14",
+        # "Installing on Python 3.13". Not required there, so that
+        # muc_guard[slixmpp] installs cleanly on 3.11-3.13; `import muc_guard`
+        # and muc_guard.slixmpp need no aioxmpp (muc_guard.MUCGuard does).
+        'aioxmpp>=0.13,<0.14; python_version < "3.13"',
         "aiosqlite>=0.20",
         "pytz",            # imported by aioxmpp, not declared by it
         # muc_guard.tls: the certificate name check aioxmpp 0.13 can no longer do
@@ -32,6 +34,9 @@ setup(
     ],
     entry_points={"console_scripts": ["muc-guard = muc_guard.cli:main"]},
     extras_require={
+        # the slixmpp front-end (muc_guard.slixmpp, issue #14); 1.17 is the
+        # release it was written and tested against
+        "slixmpp": ["slixmpp>=1.17"],
         "test": [
             "pytest>=8",
             "pytest-asyncio>=1.0",

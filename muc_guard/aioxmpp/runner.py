@@ -45,6 +45,7 @@ from ..core.events import (
 )
 from ..core.guard import GuardCore
 from ..core.record import RoomRecord
+from ..errors import GaveUpError, GuardError, RoomLeftError
 from . import mam
 from .facts import body_text, error_condition, error_type, stanza_id_of
 from .instant import CreationWatch, settle_created_room
@@ -58,23 +59,6 @@ logger = logging.getLogger("muc_guard")
 #: Long enough that aioxmpp's own MUC self-ping never fires.
 _NEVER = 10 * 365 * 24 * 3600.0
 _PING = TimerKind.PING
-
-
-class GuardError(Exception):
-    """Base class of muc_guard's own errors."""
-
-
-class RoomLeftError(GuardError):
-    """The room was left with :meth:`leave` while :meth:`join` was waiting."""
-
-
-class GaveUpError(GuardError):
-    """The guard gave up on the room while :meth:`join` was waiting."""
-
-    def __init__(self, room_jid: aioxmpp.JID, cause: Any) -> None:
-        super().__init__(f"{room_jid}: gave up ({cause.value})")
-        self.room_jid = room_jid
-        self.cause = cause
 
 
 class _JoinTimeout(Exception):
