@@ -36,8 +36,8 @@ def __getattr__(name: str) -> Any:
     try:
         mod = importlib.import_module(module, __name__)
     except ImportError as exc:
-        raise ImportError(f"muc_guard.{name} needs aioxmpp: pip install "
-                          f"'muc_guard[aioxmpp]' ({exc})") from exc
+        raise ImportError(f"muc_guard.{name} needs aioxmpp 0.13 (README: Installing): "
+                          f"{exc}") from exc
     value = mod if name == "tls" else getattr(mod, name)
     globals()[name] = value
     return value

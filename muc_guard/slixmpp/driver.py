@@ -1,0 +1,580 @@
+"""
+The slixmpp front-end: stanzas and stream events in, the core's commands run.
+
+The twin of :mod:`muc_guard.aioxmpp.driver`. :class:`GuardDriver` sits
+beside slixmpp's ``xep_0045``:
+
+* It reads every inbound stanza in an ``'in'`` filter, which slixmpp runs
+  before any handler (``xep_0045``'s included), and reduces presences and
+  messages of tracked rooms to facts (:mod:`.facts`). Per message the core
+  is called directly (:meth:`GuardCore.traffic`, :meth:`GuardCore.offer`).
+  A presence that may concern us becomes an event; the commands of one run
+  on the next loop turn, after ``xep_0045`` has processed the presence (and
+  fired its ``muc::<room>::*`` events). The presences that answer a join or
+  a nick change of ours resolve their waits here (:class:`~.runner.JoinWait`).
+* slixmpp's stream events become stream events of the core:
+
+  ================================  ==========================================
+  slixmpp                           core
+  ================================  ==========================================
+  ``session_start``                 :class:`StreamUp` (a fresh session: rooms
+                                    are rejoined, after a probe); preceded by
+                                    :class:`StreamDown` if the old session
+                                    never said it ended (see below)
+  ``session_resumed`` (XEP-0198)    :class:`StreamResumed` (rooms kept)
+  ``session_end``                   :class:`StreamDown`
+  ``disconnected`` while up         :class:`StreamSuspended` when the session
+                                    may be resumed (XEP-0198 enabled: slixmpp
+                                    then fires no ``session_end``), else
+                                    :class:`StreamDown`
+  ================================  ==========================================
+
+  slixmpp fires no ``session_end`` when stream management was enabled
+  without resumption and the next connection binds afresh: the
+  ``session_start`` that follows a suspension is therefore a StreamDown
+  plus a StreamUp.
+* The user's calls (``join``, ``leave``, ``set_nick``, ``open_store``)
+  become requests; their waits are futures here.
+* :class:`~.runner.CommandRunner` runs what the core says.
+
+Nothing of ours raises into slixmpp: the filter and the event handlers
+catch and log. (slixmpp itself survives a raising handler, unlike aioxmpp,
+but an error in an ``'in'`` filter would lose the stanza for every handler.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+from xml.etree.ElementTree import Element
+
+from slixmpp import JID
+from slixmpp.exceptions import PresenceError
+
+from ..closer import StoreCloser
+from ..core.commands import SendNick
+from ..core.events import (
+    ErrorFromRoom,
+    JoinRequested,
+    LeaveRequested,
+    NickRequested,
+    NickSent,
+    StoreLoaded,
+    StreamDown,
+    StreamResumed,
+    StreamSuspended,
+    StreamUp,
+    SubjectSeen,
+    TimerKind,
+)
+from ..core.guard import REPLAYED, GuardCore
+from ..core.invariants import violations
+from ..core.joins import _RUNNING
+from ..core.policy import NICK_CHANGE
+from ..core.record import Phase, RoomInfo, RoomRecord, State
+from ..core.settings import Settings
+from ..store import Store, StoreError, StoreWriter
+from .clock import LocalClock
+from .facts import (
+    STATUS_SELF,
+    bare_and_resource,
+    body_text,
+    canonical_bare,
+    check_nick,
+    muc_user,
+    presence_facts,
+    room_jid,
+    room_key,
+    room_stamp_of,
+    stanza_id_of,
+    status_codes,
+)
+from .runner import CommandRunner, JoinWait, NickWait, RoomIO, io_of
+
+__all__ = ["GuardDriver", "slixmpp_room"]
+
+logger = logging.getLogger("muc_guard")
+
+_JOINED = State.JOINED
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: the core's stream as this driver last told it
+_DOWN, _UP, _SUSPENDED = "down", "up", "suspended"
+
+
+def slixmpp_room(text: str) -> tuple[Hashable, str]:
+    """The store's :data:`~muc_guard.store.RoomParser` for this front-end."""
+    key = room_key(text)
+    return key, key.partition("@")[2]
+
+
+def _never_raises(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            logger.exception("muc_guard: error in %s (ignored)", fn.__name__)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class GuardDriver:
+    """Keeps one slixmpp client in the rooms it wants. Owned by the plugin."""
+
+    def __init__(self, xmpp: Any) -> None:
+        self.xmpp = xmpp
+        self.settings = Settings()
+        self.core = GuardCore(self.settings)
+        self.clock = LocalClock()
+        self.runner = CommandRunner(self)
+        self.store: Store | None = None
+        self.writer: StoreWriter | None = None
+        self._closer: StoreCloser | None = None
+        self._closed = False
+        self._stored_resource: str | None = None
+        self._stream = _DOWN
+        #: leave() calls waiting for the room's answer, by room key
+        self._leaving: dict[str, asyncio.Future[None]] = {}
+        ns = xmpp.default_ns
+        self._ns = ns
+        self._message_tag = f"{{{ns}}}message"
+        self._presence_tag = f"{{{ns}}}presence"
+        self._body_tag = f"{{{ns}}}body"
+        self._subject_tag = f"{{{ns}}}subject"
+        self._handlers: list[tuple[str, Callable[..., Any]]] = [
+            ("session_start", self._on_session_start),
+            ("session_resumed", self._on_session_resumed),
+            ("session_end", self._on_session_end),
+            ("disconnected", self._on_disconnected),
+        ]
+        for name, handler in self._handlers:
+            xmpp.add_event_handler(name, handler)
+        xmpp.add_filter("in", self._inbound)
+        if getattr(xmpp, "_session_started", False) and xmpp.transport is not None:
+            # Already in a session: the core learns it without a loop to run in.
+            self._stream = _UP
+            self.core.handle(StreamUp(xmpp.boundjid.resource or None), 0.0, time.time())
+
+    @property
+    def stream_up(self) -> bool:
+        return self.core.stream_up
+
+    @property
+    def account(self) -> str:
+        return str(self.xmpp.boundjid.bare)
+
+    # --- public operations ----------------------------------------------------------
+
+    def rooms(self) -> list[RoomInfo]:
+        return [self._info(rec) for rec in self.core.rooms.values()]
+
+    def room_info(self, room: JID | str) -> RoomInfo | None:
+        rec = self.core.rooms.get(room_key(room))
+        return self._info(rec) if rec is not None else None
+
+    @staticmethod
+    def _info(rec: RoomRecord) -> RoomInfo:
+        # A fresh slixmpp JID each time: they are mutable.
+        return dataclasses.replace(rec.snapshot(None), jid=room_jid(rec.jid))
+
+    def set_ping_idle(self, value: float) -> None:
+        try:
+            now: float | None = asyncio.get_running_loop().time()
+        except RuntimeError:    # no loop yet: no timers to move
+            now = None
+        commands = self.core.set_ping_idle(value, now if now is not None else 0.0)
+        if now is not None:
+            self.runner.run(commands)
+
+    def violations(self) -> list[str]:
+        """Broken invariants of the core, and the driver's own: every phase
+        that waits for I/O has its task."""
+        found = violations(self.core)
+        for rec in self.core.rooms.values():
+            io = rec.io if isinstance(rec.io, RoomIO) else None
+            task = io.task if io is not None else None
+            waiting = rec.phase is Phase.RECOVER and self.core.armed(rec, TimerKind.ARCHIVE_RETRY)
+            if rec.phase in _RUNNING and not waiting and (task is None or task.done()):
+                found.append(f"{rec.jid}: {rec.phase.name}, but no task runs for it")
+            if rec.ping and (io is None or io.ping_task is None):
+                found.append(f"{rec.jid}: a self-ping in flight without its task")
+        return found
+
+    def _feed_now(self, event: Any) -> None:
+        """A request from the user: errors in it are the caller's."""
+        loop = asyncio.get_running_loop()
+        self.runner.run(self.core.handle(event, loop.time(), time.time()))
+
+    async def open_store(self, path: Any) -> None:
+        if self.store is not None:
+            raise RuntimeError(f"a store is already open: {self.store.path!r}")
+        store = await Store.open(path, parse_room=slixmpp_room)
+        try:
+            stored = await store.load_rooms(self.account)
+        except BaseException:
+            await store.close()
+            raise
+        try:
+            crashed = not await store.take_clean_exit(self.account)
+        except StoreError as exc:
+            logger.warning("%s", exc)
+            crashed = True
+        self.store = store
+        self.writer = StoreWriter(store, self.account)
+        self._closer = await StoreCloser.watch(store, self.writer)
+        await self._adopt_stored_resource(store)
+        self._feed_now(StoreLoaded(tuple(stored), crashed))
+        logger.info("store %r opened for %s", store.path, self.account)
+
+    async def _adopt_stored_resource(self, store: Store) -> None:
+        """Bind the resource this account had last time (only for a client
+        whose JID names none and that is not connected yet)."""
+        self._stored_resource = await store.load_resource(self.account)
+        self.core.occupant_resource = self._stored_resource
+        xmpp = self.xmpp
+        if (self.settings.stable_resource and self._stored_resource
+                and not xmpp.requested_jid.resource and xmpp.transport is None
+                and not xmpp.is_connecting()):
+            xmpp.requested_jid.resource = self._stored_resource
+            logger.info("%s: asking for stored resource %r", self.account,
+                        self._stored_resource)
+
+    async def _remember_resource(self) -> None:
+        resource = self.xmpp.boundjid.resource
+        if self.store is None or not resource or resource == self._stored_resource:
+            return
+        try:
+            await self.store.save_resource(self.account, resource)
+            self._stored_resource = resource
+        except StoreError as exc:
+            logger.warning("%s", exc)
+
+    async def join(self, room: JID | str, nick: str, *, password: str | None = None) -> str:
+        key = room_key(room)
+        nick = check_nick(nick)
+        if self._closed:
+            raise RuntimeError("muc_guard is shut down")
+        loop = asyncio.get_running_loop()
+        commands = self.core.handle(JoinRequested(key, key.partition("@")[2], nick, password),
+                                    loop.time(), time.time())
+        rec = self.core.rooms[key]
+        io = io_of(rec)
+        waiter: asyncio.Future[str] | None = None
+        if rec.state is not _JOINED:
+            waiter = loop.create_future()
+            if io.waiters is None:
+                io.waiters = []
+            io.waiters.append(waiter)
+        try:
+            explicit = self._explicit_nick(commands)
+            self.runner.run(commands)
+            if explicit is not None:
+                await self.send_nick(rec, explicit, explicit=True)
+            await self._flush()
+            if waiter is None:
+                return rec.nick
+            return await waiter
+        finally:
+            # Cancelling join() cancels only this wait: the room stays wanted.
+            if waiter is not None and io.waiters and waiter in io.waiters:
+                io.waiters.remove(waiter)
+                if not io.waiters:
+                    io.waiters = None
+
+    @staticmethod
+    def _explicit_nick(commands: list[Any]) -> str | None:
+        for command in commands:
+            if type(command) is SendNick and command.explicit:
+                return str(command.nick)
+        return None
+
+    async def set_nick(self, room: JID | str, nick: str) -> None:
+        key = room_key(room)
+        nick = check_nick(nick)
+        loop = asyncio.get_running_loop()
+        commands = self.core.handle(NickRequested(key, nick), loop.time(), time.time())
+        explicit = self._explicit_nick(commands)
+        self.runner.run(commands)
+        if explicit is not None:
+            await self.send_nick(self.core.rooms[key], explicit, explicit=True)
+        await self._flush()
+
+    async def send_nick(self, rec: RoomRecord, nick: str, *, explicit: bool) -> None:
+        """Ask the room for `nick` and tell the core how it went. An explicit
+        request (the user's) raises the room's refusal
+        (:class:`slixmpp.exceptions.PresenceError`), ConnectionError when not
+        joined, TimeoutError without an answer within ping_timeout."""
+        io = io_of(rec)
+        loop = asyncio.get_running_loop()
+        try:
+            if rec.state is not _JOINED or not self.core.stream_up:
+                raise ConnectionError(f"{rec.jid}: not joined")
+            wait = NickWait(nick, loop.create_future())
+            io.nick = wait
+            try:
+                self.xmpp.send_presence(pto=f"{rec.jid}/{nick}")
+                answer = await asyncio.wait_for(wait.future, self.settings.ping_timeout)
+            finally:
+                if io.nick is wait:
+                    io.nick = None
+            if answer is not None:
+                raise PresenceError(answer)
+        except BaseException as exc:
+            self.runner.feed(NickSent(rec.jid, nick, ok=False, explicit=explicit))
+            if explicit or not isinstance(exc, (ConnectionError, PresenceError, TimeoutError)):
+                raise
+            logger.info("%s: cannot ask for nick %r: %r", rec.jid, nick, exc)
+            return
+        self.runner.feed(NickSent(rec.jid, nick, ok=True, explicit=explicit))
+
+    async def leave(self, room: JID | str) -> None:
+        key = room_key(room)
+        rec = self.core.rooms.get(key)
+        if rec is None:
+            return
+        io = io_of(rec)
+        task = io.task
+        joined = rec.state is _JOINED
+        nick = rec.nick
+        self._feed_now(LeaveRequested(key))
+        self.runner.stop(rec)
+        await self._flush()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        if joined and self.core.stream_up:
+            answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._leaving[key] = answer
+            try:
+                self.xmpp.send_presence(pto=f"{key}/{nick}", ptype="unavailable")
+                await asyncio.wait_for(answer, self.settings.leave_timeout)
+            except (TimeoutError, ConnectionError) as exc:
+                logger.info("%s: no answer to our leave (%r); forgetting it anyway", key, exc)
+            finally:
+                if self._leaving.get(key) is answer:
+                    del self._leaving[key]
+        self.runner.forget_table(key)
+        logger.info("%s: left and forgotten", key)
+
+    async def close(self) -> None:
+        """Stop timers and tasks, flush and close the store. Rooms stay wanted."""
+        if self._closed:
+            return
+        self._closed = True
+        for name, handler in self._handlers:
+            self.xmpp.del_event_handler(name, handler)
+        try:
+            self.xmpp.del_filter("in", self._inbound)
+        except ValueError:
+            pass
+        self.runner.run(self.core.close(asyncio.get_running_loop().time()))
+        self.runner.stop_all()
+        tasks = list(self.runner.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._closer is not None and not await self._closer.release():
+            return   # the event loop is ending, and the closer closed the store
+        if self.writer is not None:
+            await self.writer.close()
+        if self.store is not None:
+            try:
+                await self.store.set_clean_exit(self.account, True)
+            except StoreError as exc:
+                logger.warning("%s", exc)
+            await self.store.close()
+
+    async def _flush(self) -> None:
+        if self.writer is None:
+            return
+        try:
+            await self.writer.flush()
+        except StoreError:
+            pass  # logged by the writer, which keeps the change and retries
+
+    def deliver(self, rec: RoomRecord, message: Any, *, recovered: bool, own: bool) -> None:
+        """``muc_guard_message``: built only when someone listens."""
+        xmpp = self.xmpp
+        if not xmpp.event_handled("muc_guard_message"):
+            return
+        try:
+            xmpp.event("muc_guard_message", {"room": room_jid(rec.jid), "message": message,
+                                             "recovered": recovered, "own": own})
+        except Exception:
+            logger.exception("muc_guard: a muc_guard_message handler failed (ignored)")
+
+    # --- inbound stanzas --------------------------------------------------------------
+
+    def _record_of(self, bare: str) -> RoomRecord | None:
+        """The tracked room a stanza comes from; runs for every inbound
+        stanza: one str hash for the usual, already normalised ``from``."""
+        rooms = self.core.rooms
+        rec = rooms.get(bare)
+        if rec is None and bare:
+            canonical = canonical_bare(bare)
+            if canonical is not None:
+                rec = rooms.get(canonical)
+        return rec
+
+    def _inbound(self, stanza: Any) -> Any:
+        """slixmpp's ``'in'`` filter: must return the stanza, must not raise."""
+        try:
+            xml = stanza.xml
+            tag = xml.tag
+            if tag == self._message_tag:
+                self._message(stanza, xml)
+            elif tag == self._presence_tag:
+                self._presence(stanza, xml)
+        except Exception:
+            logger.exception("muc_guard: cannot inspect %r (ignored)", stanza)
+        return stanza
+
+    def _presence(self, stanza: Any, xml: Element) -> None:
+        bare, resource = bare_and_resource(xml)
+        rec = self._record_of(bare)
+        if rec is None:
+            if self._leaving:
+                self._leave_answered(bare, xml)
+            return
+        io = rec.io
+        if isinstance(io, RoomIO):
+            if io.join is not None:
+                self._join_answered(io.join, stanza, xml, resource)
+                return   # the join attempt handles its own presences
+            if io.nick is not None and resource == io.nick.nick:
+                self._nick_answered(io.nick, stanza, xml)
+        if not resource:
+            return
+        kind = xml.get("type")
+        if kind == "error":
+            if rec.pending_nick is None:
+                return
+        elif rec.state is not _JOINED:
+            return
+        elif kind != "unavailable" and (rec.pending_nick is None
+                                        or STATUS_SELF not in status_codes(muc_user(xml))):
+            # Another occupant's presence, or ours with no change pending:
+            # proof of membership, and nothing else to decide.
+            self.core.traffic(rec, asyncio.get_running_loop().time())
+            return
+        loop = asyncio.get_running_loop()
+        facts = presence_facts(rec.jid, xml, self._ns, ours=(rec.nick, rec.pending_nick))
+        commands = self.core.handle(facts, loop.time(), time.time())
+        if commands:
+            # Let xep_0045 process this presence (and fire its events) first.
+            loop.call_soon(self.runner.run, commands)
+
+    @staticmethod
+    def _join_answered(wait: JoinWait, stanza: Any, xml: Element, resource: str) -> None:
+        kind = xml.get("type")
+        if kind == "error":
+            wait.resolve(("error", stanza))
+            return
+        if not resource:
+            return
+        codes = status_codes(muc_user(xml))
+        if STATUS_SELF not in codes and resource != wait.nick:
+            return     # another occupant, announced before our self-presence
+        if kind == "unavailable":
+            if NICK_CHANGE not in codes:
+                wait.resolve(("exited", None))
+        else:
+            wait.resolve(("joined", resource, codes))
+
+    @staticmethod
+    def _nick_answered(wait: NickWait, stanza: Any, xml: Element) -> None:
+        if wait.future.done():
+            return
+        kind = xml.get("type")
+        if kind == "error":
+            wait.future.set_result(stanza)
+        elif kind != "unavailable":
+            wait.future.set_result(None)
+
+    def _leave_answered(self, bare: str, xml: Element) -> None:
+        answer = self._leaving.get(bare) or self._leaving.get(canonical_bare(bare) or "")
+        if answer is None or answer.done():
+            return
+        kind = xml.get("type")
+        if kind == "error" or (kind == "unavailable"
+                               and STATUS_SELF in status_codes(muc_user(xml))):
+            answer.set_result(None)
+
+    def _message(self, stanza: Any, xml: Element) -> None:
+        bare, resource = bare_and_resource(xml)
+        rec = self._record_of(bare)
+        if rec is None:
+            return
+        kind = xml.get("type")
+        if kind == "error":
+            # Prosody answers a non-occupant's message with not-acceptable:
+            # an error from the room is a reason to check, not proof.
+            self.runner.feed(ErrorFromRoom(rec.jid))
+            return
+        self.core.traffic(rec, asyncio.get_running_loop().time())
+        if kind == "groupchat":
+            if xml.find(self._body_tag) is not None:
+                self._offer(rec, stanza, xml, resource)
+            elif rec.stream is not None and xml.find(self._subject_tag) is not None:
+                self.runner.feed(SubjectSeen(rec.jid))
+
+    def _offer(self, rec: RoomRecord, stanza: Any, xml: Element, nick: str) -> None:
+        key = rec.jid
+        assert isinstance(key, str)
+        stanza_id = stanza_id_of(xml, key)
+        stream = rec.stream
+        room_stamp = (room_stamp_of(xml, key)
+                      if stream is not None and stream.replaying else None)
+        body = body_text(xml, self._ns) if stanza_id is None else None
+        verdict = self.core.offer(rec, stanza, stanza_id, room_stamp, nick, body,
+                                  self.clock.now(rec.service))
+        if not verdict:
+            return
+        if self.writer is not None:
+            self.writer.mark(rec, lazy=True)
+        self.deliver(rec, stanza, recovered=verdict == REPLAYED, own=nick == rec.nick)
+
+    # --- stream -----------------------------------------------------------------------
+
+    @_never_raises
+    def _on_session_start(self, _: Any = None) -> None:
+        if self._stream != _DOWN:
+            # A suspended session that was never resumed (no session_end
+            # came): the old stream is gone with its rooms.
+            self._stream = _DOWN
+            self.runner.feed(StreamDown(self.core.resource, "new session"))
+        self._stream = _UP
+        self.clock.new_stream()
+        if self.settings.stable_resource:
+            self.runner.spawn(self._remember_resource())
+        self.runner.feed(StreamUp(self.xmpp.boundjid.resource or None))
+
+    @_never_raises
+    def _on_session_resumed(self, _: Any = None) -> None:
+        self._stream = _UP
+        self.runner.feed(StreamResumed())
+
+    @_never_raises
+    def _on_session_end(self, _: Any = None) -> None:
+        if self._stream == _DOWN:
+            return
+        self._stream = _DOWN
+        self.runner.feed(StreamDown(self.core.resource, "session ended"))
+
+    @_never_raises
+    def _on_disconnected(self, reason: Any = None) -> None:
+        if self._stream != _UP:
+            return
+        text = str(reason) if reason else None
+        if getattr(self.xmpp, "end_session_on_disconnect", True):
+            self._stream = _DOWN
+            self.runner.feed(StreamDown(self.core.resource, text))
+        else:
+            self._stream = _SUSPENDED   # XEP-0198: the session may be resumed
+            self.runner.feed(StreamSuspended())
