@@ -92,11 +92,15 @@ loop (whose defects are listed in the project notes). Signals are
   guard pauses on both; :meth:`shutdown` (or disabling the plugin) closes it.
   Should the store be left open, :mod:`muc_guard.closer` closes it at exit.
 
-**Not done yet** (work in progress, see the commit log): the XEP-0313
-reader (:meth:`.runner.CommandRunner._archive_read` reports an archive
-read as failed, so a room with an archive loses what was said while we were
-out), the XEP-0202 clock (:mod:`.clock`: our own clock is used), and the
-watchdog that restarts a client whose server vanished without a word.
+**Archives** (:mod:`.mam`): a plain-XML XEP-0313 reader with the rules of
+:mod:`muc_guard.aioxmpp.mam` (not ``xep_0313.iterate``: no per-page timeout,
+no "complete", no fallback from an id to a time). Its results are read in
+the driver's filter but not swallowed: dropping a stanza before
+``xep_0198``'s filter would break the count of handled stanzas.
+
+**Not done yet** (work in progress, see the commit log): the XEP-0202 clock
+(:mod:`.clock`: our own clock is used), and the watchdog that restarts a
+client whose server vanished without a word.
 """
 
 from slixmpp.plugins.base import register_plugin

@@ -94,6 +94,7 @@ from .facts import (
     stanza_id_of,
     status_codes,
 )
+from .mam import MAM_NS, Reader
 from .runner import CommandRunner, JoinWait, NickWait, RoomIO, io_of
 
 __all__ = ["GuardDriver", "slixmpp_room"]
@@ -101,6 +102,7 @@ __all__ = ["GuardDriver", "slixmpp_room"]
 logger = logging.getLogger("muc_guard")
 
 _JOINED = State.JOINED
+_MAM_RESULT = f"{{{MAM_NS}}}result"
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 #: the core's stream as this driver last told it
@@ -142,6 +144,8 @@ class GuardDriver:
         self._stream = _DOWN
         #: leave() calls waiting for the room's answer, by room key
         self._leaving: dict[str, asyncio.Future[None]] = {}
+        #: archive reads under way: they take their results from the filter
+        self.readers: set[Reader] = set()
         ns = xmpp.default_ns
         self._ns = ns
         self._message_tag = f"{{{ns}}}message"
@@ -511,6 +515,10 @@ class GuardDriver:
         rec = self._record_of(bare)
         if rec is None:
             return
+        if self.readers and xml.find(_MAM_RESULT) is not None:
+            for reader in list(self.readers):
+                if reader.offer(xml):
+                    return         # an archived message, not room traffic
         kind = xml.get("type")
         if kind == "error":
             # Prosody answers a non-occupant's message with not-acceptable:

@@ -40,6 +40,7 @@ from slixmpp.exceptions import IqError, IqTimeout, PresenceError
 from ..core import commands as cmd
 from ..core.continuity import recover_since
 from ..core.events import (
+    ArchivedMessage,
     ArchiveRead,
     ArchiveSupport,
     Event,
@@ -53,7 +54,8 @@ from ..core.events import (
 from ..core.guard import GuardCore
 from ..core.record import RoomRecord
 from ..errors import GaveUpError, GuardError, RoomLeftError
-from .facts import error_of, iq_error, room_jid
+from .facts import bare_and_resource, body_text, error_of, iq_error, room_jid, stanza_id_of
+from .mam import read_archive
 
 __all__ = ["CommandRunner", "RoomIO", "JoinWait", "NickWait", "STATUS_CREATED"]
 
@@ -414,14 +416,24 @@ class CommandRunner:
         self._room_task(c.rec, self._archive_read, c)
 
     async def _archive_read(self, c: cmd.ReadArchive) -> ArchiveRead:
-        # WORK IN PROGRESS (issue #14): the XEP-0313 reader of this front-end
-        # (the twin of muc_guard.aioxmpp.mam/recovery) is not written yet.
-        # Reported as an archive that refused the range: the core logs that
-        # messages may be missing and delivers what arrived live meanwhile.
-        logger.warning("%s: reading the archive is not implemented in the slixmpp "
-                       "front-end yet", c.rec.jid)
-        return ArchiveRead(c.rec.jid, c.attempt, (), error="not implemented (slixmpp)",
-                           server_now=self.driver.clock.now(c.rec.service))
+        rec, settings = c.rec, self.core.settings
+        key = str(rec.jid)
+        since = self._since(rec, c.position_ts, c.last_joined)
+        read = await read_archive(
+            self.driver, key, c.after_id, since.timestamp() if since is not None else None,
+            page_size=settings.archive_page_size, limit=max(c.limit, 1),
+            timeout=settings.join_timeout)
+        ns = self.xmpp.default_ns
+        found = []
+        for item in read.found:
+            xml = item.message.xml
+            found.append(ArchivedMessage(
+                item.message, item.archive_id, item.timestamp, stanza_id_of(xml, key),
+                bare_and_resource(xml)[1], body_text(xml, ns)))
+        return ArchiveRead(rec.jid, c.attempt, tuple(found), complete=read.complete,
+                           retry=read.retry,
+                           error=None if read.error is None or read.retry else read.error,
+                           server_now=self.driver.clock.now(rec.service))
 
     # --- timers ---------------------------------------------------------------------
 

@@ -1,0 +1,85 @@
+"""The slixmpp front-end against a real Prosody (issue #14): join, a 110+333
+kick, the rejoin."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from guardkit import eventually, occupant_nicks_of
+
+slixmpp = pytest.importorskip("slixmpp")
+
+import muc_guard.slixmpp  # noqa: E402
+from muc_guard import Cause, State  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+EVENTS = ("muc_guard_dropped", "muc_guard_rejoined", "muc_guard_gave_up")
+
+
+class SlixBot:
+    """A slixmpp client with the muc_guard plugin, on the test server's
+    plain c2s port (no TLS, SCRAM without it, no DNS)."""
+
+    def __init__(self, server: Any, jid: Any, password: str, **pconfig: Any) -> None:
+        self.server = server
+        self.xmpp = slixmpp.ClientXMPP(str(jid), password)
+        self.xmpp.enable_direct_tls = False
+        self.xmpp.enable_starttls = False
+        self.xmpp.enable_plaintext = True
+        mechanisms = self.xmpp.plugin["feature_mechanisms"]
+        mechanisms.unencrypted_scram = True
+        mechanisms.unencrypted_plain = True
+        self.xmpp.register_plugin("muc_guard", module=muc_guard.slixmpp, pconfig=pconfig)
+        self.guard = self.xmpp.plugin["muc_guard"]
+        self.events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        for name in EVENTS:
+            self.xmpp.add_event_handler(name, lambda data, name=name:
+                                        self.events.put_nowait((name, data)))
+        self.started = asyncio.Event()
+        self.xmpp.add_event_handler("session_start", lambda _: self.started.set())
+
+    async def start(self) -> None:
+        self.xmpp.connect(host=self.server.host, port=self.server.port)
+        await asyncio.wait_for(self.started.wait(), 15)
+
+    async def next_event(self, timeout: float = 15.0) -> tuple[str, dict[str, Any]]:
+        return await asyncio.wait_for(self.events.get(), timeout)
+
+    async def stop(self) -> None:
+        await self.guard.shutdown()
+        try:
+            await asyncio.wait_for(self.xmpp.disconnect(wait=1.0), 5)
+        except (asyncio.TimeoutError, ConnectionError):
+            self.xmpp.abort()
+
+
+async def test_joins_and_rejoins_after_a_333_kick(prosody, account, room_jid):
+    await prosody.create_room(room_jid)
+    jid, password = account("slixbot")
+    bot = SlixBot(prosody, jid, password)
+    try:
+        await bot.start()
+        assert await asyncio.wait_for(bot.guard.join(str(room_jid), "bot"), 15) == "bot"
+        assert await occupant_nicks_of(prosody, room_jid, jid) == ["bot"]
+        assert str(room_jid) in bot.xmpp.plugin["xep_0045"].rooms[None]
+
+        assert await prosody.kick_with_codes(room_jid, "bot", [333])
+        name, data = await bot.next_event()
+        assert name == "muc_guard_dropped"
+        assert (data["room"], data["cause"]) == (str(room_jid), Cause.SERVER_ERROR)
+        name, data = await bot.next_event()
+        assert (name, data) == ("muc_guard_rejoined", {"room": str(room_jid), "nick": "bot"})
+
+        async def back() -> bool:
+            return await occupant_nicks_of(prosody, room_jid, jid) == ["bot"]
+        assert await eventually(back)
+        (info,) = bot.guard.rooms()
+        assert (info.state, info.drops, info.last_cause) == (State.JOINED, 1,
+                                                             Cause.SERVER_ERROR)
+        assert bot.guard._guard.violations() == []
+    finally:
+        await bot.stop()
