@@ -98,9 +98,15 @@ no "complete", no fallback from an id to a time). Its results are read in
 the driver's filter but not swallowed: dropping a stanza before
 ``xep_0198``'s filter would break the count of handled stanzas.
 
-**Not done yet** (work in progress, see the commit log): the XEP-0202 clock
-(:mod:`.clock`: our own clock is used), and the watchdog that restarts a
-client whose server vanished without a word.
+**Clocks** (:mod:`.clock`): each MUC service's offset by XEP-0202, as in
+:mod:`muc_guard.aioxmpp.clock`.
+
+**Not done yet** (work in progress, see the commit log): reconnecting the
+client itself. aioxmpp reconnects on its own (muc_guard only repairs the case
+it misses, :mod:`muc_guard.aioxmpp.stream`); slixmpp does not reconnect
+after a lost connection unless the application does it (or enables
+``xep_0199`` keepalive, which calls ``reconnect()`` on a ping timeout). Whether
+the plugin should, as an option, is open.
 """
 
 from slixmpp.plugins.base import register_plugin

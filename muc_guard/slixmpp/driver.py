@@ -79,7 +79,7 @@ from ..core.policy import NICK_CHANGE
 from ..core.record import Phase, RoomInfo, RoomRecord, State
 from ..core.settings import Settings
 from ..store import Store, StoreError, StoreWriter
-from .clock import LocalClock
+from .clock import ServerClock
 from .facts import (
     STATUS_SELF,
     bare_and_resource,
@@ -134,7 +134,8 @@ class GuardDriver:
         self.xmpp = xmpp
         self.settings = Settings()
         self.core = GuardCore(self.settings)
-        self.clock = LocalClock()
+        #: the MUC services' clocks: positions are kept in the server's time
+        self.clock = ServerClock(self)
         self.runner = CommandRunner(self)
         self.store: Store | None = None
         self.writer: StoreWriter | None = None

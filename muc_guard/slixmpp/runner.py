@@ -255,6 +255,7 @@ class CommandRunner:
         loop = asyncio.get_running_loop()
         wait = JoinWait(c.nick, loop.create_future())
         try:
+            await self.driver.clock.learn(rec.service)   # once per stream and service
             stanza = self.muc.make_join_stanza(room, c.nick, password=c.password,
                                                **self._history(c))
             self._enter_table(room, c.nick)

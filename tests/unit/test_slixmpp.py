@@ -76,6 +76,13 @@ class SlixHarness:
 
     def _capture(self, data: Any, use_filters: bool = True) -> None:
         self.sent.append(data)
+        # The server answers entity time (XEP-0202) at once, with our clock.
+        if data.xml.tag.endswith("iq") and data.xml.find("{urn:xmpp:time}time") is not None:
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            reply = (f"<iq type='result' id='{data['id']}' from='{data['to']}' "
+                     "to='bot@localhost/r'><time xmlns='urn:xmpp:time'><tzo>Z</tzo>"
+                     f"<utc>{now}</utc></time></iq>")
+            asyncio.get_running_loop().call_soon(self.feed, reply)
         # The rooms answer disco#info at once: they advertise these features.
         query = data.xml.find("{http://jabber.org/protocol/disco#info}query")
         if data.xml.tag.endswith("iq") and data["type"] == "get" and query is not None:
