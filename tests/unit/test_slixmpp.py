@@ -76,6 +76,8 @@ class SlixHarness:
 
     def _capture(self, data: Any, use_filters: bool = True) -> None:
         self.sent.append(data)
+        if not hasattr(data, "xml"):
+            return
         # The server answers entity time (XEP-0202) at once, with our clock.
         if data.xml.tag.endswith("iq") and data.xml.find("{urn:xmpp:time}time") is not None:
             now = datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -424,3 +426,29 @@ async def test_a_rejoin_recovers_from_the_archive(h):
                          "muc_guard_message"]
     last = h.events[-1][1]
     assert (last["message"]["body"], last["recovered"], last["own"]) == ("missed", True, False)
+
+
+async def test_a_store_written_by_the_aioxmpp_front_end_opens_here(tmp_path):
+    aioxmpp = pytest.importorskip("aioxmpp")
+    from muc_guard.core.record import RoomRecord
+    path = tmp_path / "bot.db"
+    store = await Store.open(path)
+    try:
+        jid = aioxmpp.JID.fromstr(ROOM)
+        await store.write("bot@localhost", [RoomRecord(jid=jid, requested_nick="bot",
+                                                       nick="bot_", added=1.0,
+                                                       last_joined=2.0, has_archive=False,
+                                                       service=jid.domain)], [])
+        await store.set_clean_exit("bot@localhost", True)
+    finally:
+        await store.close()
+    h = SlixHarness(store=str(path))
+    try:
+        await h.guard._store_ready()
+        await h.settle()
+        info = h.info()
+        assert (info.jid, info.nick, info.requested_nick) == (ROOM, "bot_", "bot")
+        assert isinstance(h.guard._guard.core.rooms[ROOM].jid, str)
+        assert h.joins_sent(nick="bot_") == 1        # the nick the room gave us last time
+    finally:
+        await h.guard.shutdown()
