@@ -254,6 +254,7 @@ class CommandRunner:
         room = room_jid(key)
         loop = asyncio.get_running_loop()
         wait = JoinWait(c.nick, loop.create_future())
+        sent = False
         try:
             await self.driver.clock.learn(rec.service)   # once per stream and service
             stanza = self.muc.make_join_stanza(room, c.nick, password=c.password,
@@ -261,6 +262,7 @@ class CommandRunner:
             self._enter_table(room, c.nick)
             io.join = wait
             stanza.send()
+            sent = True
             try:
                 answer = await asyncio.wait_for(wait.future,
                                                 self.core.settings.join_timeout)
@@ -268,14 +270,14 @@ class CommandRunner:
                 if io.join is wait:
                     io.join = None
         except asyncio.CancelledError:
-            self._abandon(key, c.nick)
+            self._abandon(key, c.nick, sent)
             raise
         except TimeoutError:
-            self._abandon(key, c.nick)
+            self._abandon(key, c.nick, sent)
             return JoinFailed(key, c.attempt, JoinFailure.TIMEOUT)
         except Exception:
             logger.exception("%s: join attempt failed unexpectedly, will retry", key)
-            self._abandon(key, c.nick)
+            self._abandon(key, c.nick, sent)
             return JoinFailed(key, c.attempt, JoinFailure.CRASH)
         kind = answer[0]
         if kind == "error":
@@ -293,11 +295,11 @@ class CommandRunner:
             await self._settle_created(room, rejoin=c.rejoin)
         return JoinSucceeded(key, c.attempt, nick)
 
-    def _abandon(self, key: Any, nick: str) -> None:
+    def _abandon(self, key: Any, nick: str, sent: bool) -> None:
         """A join given up (timed out, cancelled): should the room still let
         us in, leave at once rather than stay as a ghost; forget the table."""
         self.forget_table(str(key))
-        if self.driver.stream_up:
+        if sent and self.driver.stream_up:
             try:
                 self.xmpp.send_presence(pto=f"{key}/{nick}", ptype="unavailable")
             except Exception:
