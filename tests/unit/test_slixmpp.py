@@ -452,3 +452,36 @@ async def test_a_store_written_by_the_aioxmpp_front_end_opens_here(tmp_path):
         assert h.joins_sent(nick="bot_") == 1        # the nick the room gave us last time
     finally:
         await h.guard.shutdown()
+
+
+async def test_an_unanswered_join_times_out_unjoins_and_is_tried_again():
+    h = SlixHarness(join_timeout=0.05, backoff_min=0.01, backoff_max=0.02)
+    try:
+        join = asyncio.ensure_future(h.guard.join(ROOM, "bot"))
+        await h.settle()
+        assert h.joins_sent() == 1
+        await asyncio.sleep(0.2)
+        await h.settle()
+        assert h.joins_sent() >= 2                      # tried again
+        assert any(p["type"] == "unavailable" for p in h.sent_presences(f"{ROOM}/bot"))
+        assert not join.done()                          # still waiting: transient
+        h.feed(self_available(ROOM, "bot"))
+        assert await asyncio.wait_for(join, 1) == "bot"
+    finally:
+        await h.guard.shutdown()
+
+
+async def test_a_room_our_rejoin_created_gets_the_default_configuration(h):
+    await h.joined()
+    h.feed(self_unavailable(ROOM, "bot", 110, 333))
+    await h.settle()
+    assert h.joins_sent() == 2
+    h.feed(self_available(ROOM, "bot", 201))
+    await h.settle()
+    owner = [s for s in h.sent if s.xml.tag.endswith("iq")
+             and s.xml.find("{http://jabber.org/protocol/muc#owner}query/"
+                            "{jabber:x:data}x[@type='submit']") is not None]
+    assert len(owner) == 1 and owner[0]["to"] == ROOM
+    h.feed(f"<iq type='result' id='{owner[0]['id']}' from='{ROOM}' to='bot@localhost/r'/>")
+    await h.settle()
+    assert h.names() == ["muc_guard_dropped", "muc_guard_rejoined"]
