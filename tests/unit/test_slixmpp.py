@@ -465,6 +465,12 @@ async def test_an_unanswered_join_times_out_unjoins_and_is_tried_again():
         assert h.joins_sent() >= 2                      # tried again
         assert any(p["type"] == "unavailable" for p in h.sent_presences(f"{ROOM}/bot"))
         assert not join.done()                          # still waiting: transient
+        h.guard.join_timeout = 30.0                     # the next attempt waits
+        sent = h.joins_sent()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if h.joins_sent() > sent:
+                break
         h.feed(self_available(ROOM, "bot"))
         assert await asyncio.wait_for(join, 1) == "bot"
     finally:
