@@ -119,10 +119,20 @@ class SlixHarness:
     async def joined(self, nick: str = "bot", *codes: int, asked: str = "bot") -> str:
         before = self.joins_sent(nick=asked)
         join = asyncio.ensure_future(self.guard.join(ROOM, asked))
-        await self.settle()
-        assert self.joins_sent(nick=asked) == before + 1
+        await self.join_sent(before + 1, asked)
         self.feed(self_available(ROOM, nick, *codes))
         return await asyncio.wait_for(join, 1)
+
+    async def join_sent(self, count: int, nick: str = "bot", timeout: float = 2.0) -> None:
+        """Wait until `count` joins went out (with a store, the guard first
+        writes the room, in SQLite's thread)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.joins_sent(nick=nick) < count:
+            assert loop.time() < deadline, f"no join number {count} was sent"
+            await self.settle()
+            await asyncio.sleep(0.005)
+        assert self.joins_sent(nick=nick) == count
 
     def info(self) -> Any:
         info = self.guard.room_info(ROOM)
@@ -370,9 +380,8 @@ async def test_a_store_written_here_opens_in_the_aioxmpp_front_end(tmp_path):
     again = SlixHarness(store=str(path))
     try:
         await again.guard._store_ready()
-        await again.settle()
+        await again.join_sent(1)
         assert again.info().jid == ROOM and again.info().state is State.JOINING
-        assert again.joins_sent() == 1
         again.feed(self_available(ROOM, "bot"))
         await again.settle()
         assert again.names() == ["muc_guard_rejoined"]   # back after the restart
@@ -388,7 +397,8 @@ def test_import_needs_no_aioxmpp():
             "else:\n    raise SystemExit('MUCGuard without aioxmpp?')\n")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=60,
-                   env={**os.environ, "PYTHONPATH": root})
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                       filter(None, [root, os.environ.get("PYTHONPATH")]))})
 
 
 async def test_a_rejoin_recovers_from_the_archive(h):
@@ -415,7 +425,8 @@ async def test_a_rejoin_recovers_from_the_archive(h):
            f"<result xmlns='urn:xmpp:mam:2' queryid='{query.get('queryid')}' id='id-2'>"
            "<forwarded xmlns='urn:xmpp:forward:0'>"
            f"<delay xmlns='urn:xmpp:delay' stamp='{stamp}'/>"
-           f"<message from='{ROOM}/alice' type='groupchat'><body>missed</body></message>"
+           f"<message xmlns='jabber:client' from='{ROOM}/alice' type='groupchat'>"
+           "<body>missed</body></message>"
            "</forwarded></result></message>")
     h.feed(f"<iq type='result' id='{queries[0]['id']}' from='{ROOM}' to='bot@localhost/r'>"
            "<fin xmlns='urn:xmpp:mam:2' complete='true'><set xmlns='"
@@ -445,7 +456,7 @@ async def test_a_store_written_by_the_aioxmpp_front_end_opens_here(tmp_path):
     h = SlixHarness(store=str(path))
     try:
         await h.guard._store_ready()
-        await h.settle()
+        await h.join_sent(1, "bot_")
         info = h.info()
         assert (info.jid, info.nick, info.requested_nick) == (ROOM, "bot_", "bot")
         assert isinstance(h.guard._guard.core.rooms[ROOM].jid, str)
