@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from guardkit import eventually, occupant_nicks_of
+from guardkit import eventually, occupant_nicks_of, send_all, talker_in
 
 slixmpp = pytest.importorskip("slixmpp")
 
@@ -39,6 +39,9 @@ class SlixBot:
         for name in EVENTS:
             self.xmpp.add_event_handler(name, lambda data, name=name:
                                         self.events.put_nowait((name, data)))
+        self.messages: list[tuple[str, bool]] = []
+        self.xmpp.add_event_handler("muc_guard_message", lambda data: self.messages.append(
+            (data["message"]["body"], data["recovered"])))
         self.started = asyncio.Event()
         self.xmpp.add_event_handler("session_start", lambda _: self.started.set())
 
@@ -81,5 +84,46 @@ async def test_joins_and_rejoins_after_a_333_kick(prosody, account, room_jid):
         assert (info.state, info.drops, info.last_cause) == (State.JOINED, 1,
                                                              Cause.SERVER_ERROR)
         assert bot.guard._guard.violations() == []
+    finally:
+        await bot.stop()
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["history", "archive"])
+async def test_what_was_said_while_kept_out_comes_back_once(archive, prosody, prosody_factory,
+                                                            make_client, account, room_jid):
+    if archive:
+        prosody = prosody_factory(mam=True)
+        await prosody.create_room(room_jid)
+    else:
+        await prosody.create_room(room_jid, history_length=100)
+    jid, password = account("slixbot", server=prosody)
+    bot = SlixBot(prosody, jid, password)
+    try:
+        await bot.start()
+        await asyncio.wait_for(bot.guard.join(str(room_jid), "bot"), 15)
+        room = await talker_in(room_jid, prosody, account, make_client)
+        before = [f"before {i}" for i in range(3)]
+        missed = [f"missed {i}" for i in range(30)]
+        after = [f"after {i}" for i in range(3)]
+        await send_all(room, before)
+
+        async def got(n: int) -> bool:
+            return len(bot.messages) >= n
+        assert await eventually(lambda: got(3))
+        await prosody.refuse_joins(room_jid, "remote-server-timeout", "wait")
+        await prosody.kick_with_codes(room_jid, "bot", [333])
+        assert (await bot.next_event())[0] == "muc_guard_dropped"
+        await send_all(room, missed)
+        await prosody.clear_refusals(room_jid)
+        assert (await bot.next_event(30))[0] == "muc_guard_rejoined"
+        await send_all(room, after)
+        expected = before + missed + after
+        assert await eventually(lambda: got(len(expected)), timeout=15)
+        await asyncio.sleep(0.5)                  # anything extra would show up now
+        assert [body for body, _ in bot.messages] == expected
+        recovered = [body for body, rec in bot.messages if rec]
+        assert recovered and set(recovered) <= set(missed)
+        rec = bot.guard._guard.core.rooms[str(room_jid)]
+        assert rec.has_archive is archive
     finally:
         await bot.stop()
