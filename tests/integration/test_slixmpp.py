@@ -127,3 +127,64 @@ async def test_what_was_said_while_kept_out_comes_back_once(archive, prosody, pr
         assert rec.has_archive is archive
     finally:
         await bot.stop()
+
+
+async def test_a_cut_connection_resumed_by_xep_0198_keeps_the_rooms(prosody_factory, account):
+    """slixmpp fires no session_end when stream management may resume: the
+    cut is a suspension (StreamSuspended), the resumption (session_resumed)
+    keeps the rooms: no drop, no rejoin. slixmpp does not reconnect by
+    itself: the application does, as here."""
+    server = prosody_factory(smacks=True)
+    jid, password = account("smacked", server=server)
+    bot = SlixBot(server, jid, password)
+    bot.xmpp.register_plugin("xep_0198")
+    resumed = asyncio.Event()
+    reconnect = True
+    bot.xmpp.add_event_handler("session_resumed", lambda _: resumed.set())
+    bot.xmpp.add_event_handler("disconnected", lambda _: reconnect and bot.xmpp.connect(
+        host=server.host, port=server.port))
+    room = f"smacked@{server.muc_domain}"
+    try:
+        await bot.start()
+        await asyncio.wait_for(bot.guard.join(room, "bot"), 15)
+        joins = bot.guard._guard.core.new_attempt()      # the attempt counter so far
+        await server.sever_c2s(bot.xmpp.boundjid.full)
+        await asyncio.wait_for(resumed.wait(), 15)
+        assert bot.guard._guard.core.stream_up
+        await asyncio.sleep(1.0)
+        assert bot.events.empty()
+        (info,) = bot.guard.rooms()
+        assert (info.state, info.drops) == (State.JOINED, 0)
+        assert bot.guard._guard.core.new_attempt() == joins + 1   # no join, probe or ping
+        occupants = await server.occupants(room)
+        assert list(occupants) == ["bot"]
+    finally:
+        reconnect = False
+        await bot.stop()
+
+
+async def test_a_cut_connection_without_resumption_rejoins_on_the_next_session(
+        prosody, account, room_jid):
+    """session_end then session_start: StreamDown, StreamUp; the rooms are
+    rejoined (the new session has a new resource: no probe) and announced."""
+    await prosody.create_room(room_jid)
+    jid, password = account("cut")
+    bot = SlixBot(prosody, jid, password)
+    reconnect = True
+    bot.xmpp.add_event_handler("disconnected", lambda _: reconnect and bot.xmpp.connect(
+        host=prosody.host, port=prosody.port))
+    try:
+        await bot.start()
+        await asyncio.wait_for(bot.guard.join(str(room_jid), "bot"), 15)
+        await prosody.sever_c2s(bot.xmpp.boundjid.full)
+        name, data = await bot.next_event()
+        assert (name, data["cause"]) == ("muc_guard_dropped", Cause.STREAM_LOST)
+        assert (await bot.next_event())[0] == "muc_guard_rejoined"
+
+        async def back() -> bool:
+            return await occupant_nicks_of(prosody, room_jid, jid) == ["bot"]
+        assert await eventually(back)
+        assert bot.guard._guard.violations() == []
+    finally:
+        reconnect = False
+        await bot.stop()
