@@ -101,12 +101,27 @@ the driver's filter but not swallowed: dropping a stanza before
 **Clocks** (:mod:`.clock`): each MUC service's offset by XEP-0202, as in
 :mod:`muc_guard.aioxmpp.clock`.
 
-**Not done yet** (work in progress, see the commit log): reconnecting the
-client itself. aioxmpp reconnects on its own (muc_guard only repairs the case
-it misses, :mod:`muc_guard.aioxmpp.stream`); slixmpp does not reconnect
-after a lost connection unless the application does it (or enables
-``xep_0199`` keepalive, which calls ``reconnect()`` on a ping timeout). Whether
-the plugin should, as an option, is open.
+**Status** (issue #14, work in progress). Tested: tests/unit/test_slixmpp.py
+(a never-connected client fed literal stanzas) and
+tests/integration/test_slixmpp.py (Prosody: join, a 110+333 kick and the
+rejoin, every message once across a kick from history and from a XEP-0313
+archive, a cut connection resumed by XEP-0198, a cut without resumption).
+Not done yet:
+
+* reconnecting the client itself. aioxmpp reconnects on its own (muc_guard
+  only repairs the case it misses, :mod:`muc_guard.aioxmpp.stream`);
+  slixmpp does not reconnect after a lost connection unless the application
+  does it (or enables ``xep_0199`` keepalive, which calls ``reconnect()`` on a
+  ping timeout). Whether the plugin should, as an option, is open;
+* shutting down on a user's ``disconnect()`` (see above: slixmpp does not
+  tell it from a lost connection);
+* ``stable_resource`` only applies when the store is open before
+  ``connect()`` (``await guard.open_store(...)``, or pconfig "store" with a
+  running loop at ``register_plugin``);
+* the ``muc-guard`` command (:mod:`muc_guard.cli`) still needs aioxmpp;
+* the timer, task and waiter plumbing of :mod:`.runner` is a copy of
+  :mod:`muc_guard.aioxmpp.runner`'s (no decisions: handles and futures),
+  worth sharing once both front-ends settle.
 """
 
 from slixmpp.plugins.base import register_plugin
