@@ -425,12 +425,18 @@ class Context:
         if history_length is not None:
             opts += f", history_length={int(history_length)}"
         batch = 200
-        for start in range(have, count, batch):
-            stop = min(count, start + batch)
-            domain = lua_string("@" + self.muc_domain)
-            lua = (f">for i={start},{stop - 1} do muc_guard_test.create_room("
-                   f"{lua_string(prefix)}..i..{domain}, {{{opts}}}) end; return true")
-            await self.server.admin(lua)
+        # Prosody saves its list of persistent rooms on each creation: with
+        # thousands of rooms from earlier scenarios a batch takes seconds.
+        timeout, self.server.admin_timeout = self.server.admin_timeout, 120.0
+        try:
+            for start in range(have, count, batch):
+                stop = min(count, start + batch)
+                domain = lua_string("@" + self.muc_domain)
+                lua = (f">for i={start},{stop - 1} do muc_guard_test.create_room("
+                       f"{lua_string(prefix)}..i..{domain}, {{{opts}}}) end; return true")
+                await self.server.admin(lua)
+        finally:
+            self.server.admin_timeout = timeout
         self._created[prefix] = max(have, count)
         return [self.room_jid(prefix, i) for i in range(count)]
 

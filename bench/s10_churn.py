@@ -39,6 +39,7 @@ import gc
 import random
 import time
 import tracemalloc
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aioxmpp
@@ -98,16 +99,7 @@ class Churn:
         return self.kicks + self.silent
 
     async def drops_for(self, seconds: float, rate: float) -> None:
-        loop_end = time.monotonic() + seconds
-        next_at = time.monotonic()
-        while True:
-            next_at += 1.0 / rate
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if time.monotonic() >= loop_end:
-                return
-            now = time.monotonic()
+        async for now in _paced(seconds, rate):
             eligible = [r for r in self.rooms if r not in self.pending
                         and now - self.back_at[r] > BACKOFF_MAX + 0.5]
             if not eligible:
@@ -124,15 +116,7 @@ class Churn:
                 await self.ctx.server.silent_remove(room, "bot")
 
     async def messages_for(self, seconds: float, rate: float) -> None:
-        end = time.monotonic() + seconds
-        next_at = time.monotonic()
-        while True:
-            next_at += 1.0 / rate
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if time.monotonic() >= end:
-                return
+        async for _ in _paced(seconds, rate):
             self._serial += 1
             msg = aioxmpp.Message(to=self.rooms[self._serial % len(self.rooms)],
                                   type_=aioxmpp.MessageType.GROUPCHAT)
@@ -152,6 +136,22 @@ class Churn:
         except asyncio.TimeoutError:
             return False
         return True
+
+
+async def _paced(seconds: float, rate: float) -> AsyncIterator[float]:
+    """Yield the monotonic time `rate` times a second for `seconds`, on a
+    fixed schedule (a slow step does not push the later ones back)."""
+    end = time.monotonic() + seconds
+    next_at = time.monotonic()
+    while True:
+        next_at += 1.0 / rate
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.monotonic()
+        if now >= end:
+            return
+        yield now
 
 
 def _live_rooms(muc: aioxmpp.MUCClient) -> int:

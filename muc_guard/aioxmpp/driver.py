@@ -66,7 +66,7 @@ from ..core.events import (
 )
 from ..core.guard import REPLAYED, GuardCore
 from ..core.invariants import violations
-from ..core.joins import _RUNNING
+from ..core.joins import RUNNING_PHASES
 from ..core.events import TimerKind
 from ..core.record import Phase, RoomInfo, RoomRecord, State
 from ..core.settings import Settings
@@ -190,7 +190,7 @@ class GuardDriver:
             io = rec.io if isinstance(rec.io, _runner.RoomIO) else None
             task = io.task if io is not None else None
             waiting = rec.phase is Phase.RECOVER and self.core.armed(rec, TimerKind.ARCHIVE_RETRY)
-            if rec.phase in _RUNNING and not waiting and (task is None or task.done()):
+            if rec.phase in RUNNING_PHASES and not waiting and (task is None or task.done()):
                 found.append(f"{rec.jid}: {rec.phase.name}, but no task runs for it")
             if rec.ping and (io is None or io.ping_task is None):
                 found.append(f"{rec.jid}: a self-ping in flight without its task")
@@ -409,12 +409,10 @@ class GuardDriver:
                 return
         elif rec.state is not _JOINED:
             return  # the join attempt in progress handles its own presences
-        elif kind != _P_UNAVAILABLE and rec.pending_nick is None:
-            # Another occupant's presence, or ours with no change pending:
-            # proof of membership, and nothing else to decide.
-            self.core.traffic(rec, asyncio.get_running_loop().time())
-            return
-        elif kind != _P_UNAVAILABLE and not has_status_self(stanza):
+        elif kind != _P_UNAVAILABLE and (rec.pending_nick is None
+                                         or not has_status_self(stanza)):
+            # Available, and not the answer to a nick change of ours: proof
+            # of membership, and nothing else to decide.
             self.core.traffic(rec, asyncio.get_running_loop().time())
             return
         loop = asyncio.get_running_loop()

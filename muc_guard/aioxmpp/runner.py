@@ -86,6 +86,19 @@ class RoomIO:
         self.waiters: list[asyncio.Future[Any]] | None = None
 
 
+def _take_timer(io: RoomIO, kind: TimerKind) -> asyncio.TimerHandle | None:
+    """Remove the room's timer of `kind` from its handles and return it."""
+    if kind is _PING:
+        handle, io.ping_timer = io.ping_timer, None
+        return handle
+    if not io.timers:
+        return None
+    handle = io.timers.pop(kind, None)
+    if not io.timers:
+        io.timers = None
+    return handle
+
+
 def io_of(rec: RoomRecord) -> RoomIO:
     io = rec.io
     if io is None:
@@ -258,24 +271,9 @@ class CommandRunner:
         except asyncio.CancelledError:
             self._let_go(io, room)
             raise
-        except aioxmpp.errors.XMPPError as exc:
+        except Exception as exc:
             self._let_go(io, room)
-            return JoinFailed(jid, c.attempt, JoinFailure.ERROR, error_condition(exc),
-                              error_type(exc), exc)
-        except _JoinTimeout:
-            self._let_go(io, room)
-            return JoinFailed(jid, c.attempt, JoinFailure.TIMEOUT)
-        except _ExitedDuringJoin:
-            self._let_go(io, room)
-            return JoinFailed(jid, c.attempt, JoinFailure.EXITED)
-        except ConnectionError:
-            self._let_go(io, room)
-            return JoinFailed(jid, c.attempt, JoinFailure.CONNECTION)
-        except Exception:
-            # A bug or an aioxmpp surprise must not leave the room stuck.
-            logger.exception("%s: join attempt failed unexpectedly, will retry", jid)
-            self._let_go(io, room)
-            return JoinFailed(jid, c.attempt, JoinFailure.CRASH)
+            return _join_failed(c, exc)
         assert room is not None
         _quiet_builtin_self_ping(room)
         me = room.me
@@ -423,13 +421,7 @@ class CommandRunner:
                 self._pace_timer.cancel()
                 self._pace_timer = None
             return
-        io = io_of(rec)
-        if c.kind is _PING:
-            handle, io.ping_timer = io.ping_timer, None
-        else:
-            handle = io.timers.pop(c.kind, None) if io.timers else None
-            if io.timers == {}:
-                io.timers = None
+        handle = _take_timer(io_of(rec), c.kind)
         if handle is not None:
             handle.cancel()
 
@@ -439,13 +431,7 @@ class CommandRunner:
         else:
             rec = self.core.rooms.get(room)
             if rec is not None and isinstance(rec.io, RoomIO):
-                io = rec.io
-                if kind is _PING:
-                    io.ping_timer = None
-                elif io.timers:
-                    io.timers.pop(kind, None)
-                    if not io.timers:
-                        io.timers = None
+                _take_timer(rec.io, kind)
         self.feed(TimerFired(room, kind))
 
     def stop(self, rec: RoomRecord) -> None:
@@ -513,6 +499,23 @@ class CommandRunner:
                 waiter.set_result(io.room)
             else:
                 waiter.set_exception(error)
+
+
+def _join_failed(c: cmd.SendJoin, exc: Exception) -> JoinFailed:
+    """What ended a join attempt, as the core reads it."""
+    jid, attempt = c.rec.jid, c.attempt
+    if isinstance(exc, aioxmpp.errors.XMPPError):
+        return JoinFailed(jid, attempt, JoinFailure.ERROR, error_condition(exc),
+                          error_type(exc), exc)
+    if isinstance(exc, _JoinTimeout):
+        return JoinFailed(jid, attempt, JoinFailure.TIMEOUT)
+    if isinstance(exc, _ExitedDuringJoin):
+        return JoinFailed(jid, attempt, JoinFailure.EXITED)
+    if isinstance(exc, ConnectionError):
+        return JoinFailed(jid, attempt, JoinFailure.CONNECTION)
+    # A bug or an aioxmpp surprise must not leave the room stuck.
+    logger.error("%s: join attempt failed unexpectedly, will retry", jid, exc_info=exc)
+    return JoinFailed(jid, attempt, JoinFailure.CRASH)
 
 
 def _quiet_builtin_self_ping(room: aioxmpp.muc.Room) -> None:

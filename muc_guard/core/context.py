@@ -139,10 +139,17 @@ class CoreContext:
         self._out.append(ArmTimer(None, kind, at))
 
     def cancel(self, rec: RoomRecord, kind: TimerKind) -> None:
-        bit = _BITS[kind]
-        if rec.timers & bit:
-            rec.timers &= ~bit
+        if self.disarm(rec, kind):
             self._out.append(CancelTimer(rec, kind))
+
+    @staticmethod
+    def disarm(rec: RoomRecord, kind: TimerKind) -> bool:
+        """Forget the room's timer of `kind`; False if none was armed."""
+        bit = _BITS[kind]
+        if not rec.timers & bit:
+            return False
+        rec.timers &= ~bit
+        return True
 
     @staticmethod
     def armed(rec: RoomRecord, kind: TimerKind) -> bool:

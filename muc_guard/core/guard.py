@@ -48,7 +48,7 @@ from .commands import (
     QueryArchiveSupport,
     ResolveWaiters,
 )
-from .context import _BITS, LIVE, NOT_NEW, REPLAYED, CoreContext
+from .context import LIVE, NOT_NEW, REPLAYED, CoreContext
 from .events import (
     ArchiveRead,
     ArchiveSupport,
@@ -377,10 +377,8 @@ class GuardCore(CoreContext):
                 self.pings.drain()
             return
         rec = self.rooms.get(event.room)
-        bit = _BITS[event.kind]
-        if rec is None or not rec.timers & bit:
-            return    # cancelled or re-armed meanwhile
-        rec.timers &= ~bit
+        if rec is None or not self.disarm(rec, event.kind):
+            return    # cancelled meanwhile
         self._timer_handlers[event.kind](rec)
 
     def _join_timer(self, rec: RoomRecord) -> None:

@@ -71,7 +71,7 @@ logger = logging.getLogger("muc_guard.core")
 
 JOIN, ARCHIVE_RETRY = TimerKind.JOIN, TimerKind.ARCHIVE_RETRY
 #: phases with a command of the front-end in flight
-_RUNNING = frozenset({Phase.PROBE, Phase.ARCHIVE, Phase.JOIN, Phase.RECOVER})
+RUNNING_PHASES = frozenset({Phase.PROBE, Phase.ARCHIVE, Phase.JOIN, Phase.RECOVER})
 #: phases of a room not joined whose next step needs the stream they started on
 _STREAM_BOUND = frozenset({Phase.SLOT, Phase.PROBE, Phase.ARCHIVE, Phase.JOIN})
 
@@ -143,7 +143,7 @@ class Joiner:
         core = self.core
         if rec.phase is Phase.SLOT:
             core.settings.gate.withdraw(rec.jid)
-        if rec.phase in _RUNNING:
+        if rec.phase in RUNNING_PHASES:
             core.emit(CancelJoin(rec))
         if rec.phase is Phase.RECOVER and rec.stream is not None:
             rec.stream.recovering, rec.stream.buffer = False, None
