@@ -74,7 +74,7 @@ from ..core.events import (
 )
 from ..core.guard import REPLAYED, GuardCore
 from ..core.invariants import violations
-from ..core.joins import _RUNNING
+from ..core.joins import RUNNING_PHASES
 from ..core.policy import NICK_CHANGE
 from ..core.record import Phase, RoomInfo, RoomRecord, State
 from ..core.settings import Settings
@@ -206,7 +206,7 @@ class GuardDriver:
             io = rec.io if isinstance(rec.io, RoomIO) else None
             task = io.task if io is not None else None
             waiting = rec.phase is Phase.RECOVER and self.core.armed(rec, TimerKind.ARCHIVE_RETRY)
-            if rec.phase in _RUNNING and not waiting and (task is None or task.done()):
+            if rec.phase in RUNNING_PHASES and not waiting and (task is None or task.done()):
                 found.append(f"{rec.jid}: {rec.phase.name}, but no task runs for it")
             if rec.ping and (io is None or io.ping_task is None):
                 found.append(f"{rec.jid}: a self-ping in flight without its task")
