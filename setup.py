@@ -41,6 +41,8 @@ setup(
             "pytest>=8",
             "pytest-asyncio>=1.0",
             "hypothesis>=6",
+            # scripts/run-tests spreads the suite over workers: it mostly waits
+            "pytest-xdist>=3.5",
             "trustme>=1.1",    # muc_guard.testing.certs: the tests' private CA
             "time-machine>=2.10",   # the bot's clock shifted against the server's
             # scripts/run-tests lints and type checks (settings: pyproject.toml);

@@ -1,4 +1,8 @@
-"""Integration-test plumbing of our own: figures measured by tests, printed at the end."""
+"""Integration-test plumbing of our own: figures measured by tests, printed at the end.
+
+Under pytest-xdist (scripts/run-tests runs the suite on several workers) each
+worker sends what it recorded to the controller at its end, which prints the
+summary."""
 
 from __future__ import annotations
 
@@ -26,6 +30,22 @@ def fault_report(request):
         text = ", ".join(f"{key}={value}" for key, value in figures.items())
         _reports.append(f"{request.node.name}: {text}")
     return record
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:    # an xdist worker: hand over to the controller
+        workeroutput["muc_guard_figures"] = _figures
+        workeroutput["muc_guard_reports"] = _reports
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """The controller's side of pytest_sessionfinish (only called under xdist)."""
+    output = getattr(node, "workeroutput", {})
+    for name, values in output.get("muc_guard_figures", {}).items():
+        _figures.setdefault(name, []).extend(values)
+    _reports.extend(output.get("muc_guard_reports", []))
 
 
 def pytest_terminal_summary(terminalreporter):
