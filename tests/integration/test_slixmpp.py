@@ -164,7 +164,8 @@ async def test_a_cut_connection_resumed_by_xep_0198_keeps_the_rooms(prosody_fact
 async def test_a_cut_connection_without_resumption_rejoins_on_the_next_session(
         prosody, account, room_jid):
     """session_end then session_start: StreamDown, StreamUp; the rooms are
-    rejoined (the new session has a new resource: no probe) and announced.
+    rejoined and announced (stable_resource binds the same resource again:
+    a probe first, which finds us gone).
     Here the application reconnects by itself, with the plugin's off."""
     await prosody.create_room(room_jid)
     jid, password = account("cut")
@@ -175,10 +176,12 @@ async def test_a_cut_connection_without_resumption_rejoins_on_the_next_session(
     try:
         await bot.start()
         await asyncio.wait_for(bot.guard.join(str(room_jid), "bot"), 15)
+        resource = bot.xmpp.boundjid.resource
         await prosody.sever_c2s(bot.xmpp.boundjid.full)
         name, data = await bot.next_event()
         assert (name, data["cause"]) == ("muc_guard_dropped", Cause.STREAM_LOST)
         assert (await bot.next_event())[0] == "muc_guard_rejoined"
+        assert bot.xmpp.boundjid.resource == resource
 
         async def back() -> bool:
             return await occupant_nicks_of(prosody, room_jid, jid) == ["bot"]
@@ -215,6 +218,7 @@ async def test_the_plugin_reconnects_after_a_server_restart_and_the_rooms_come_b
             return keeper.attempts >= 2            # at least once more while down
         assert await eventually(retried, timeout=10)
         assert not bot.xmpp.is_connected() and bot.events.empty()
+        resource = bot.xmpp.boundjid.resource
         await server.astart()
         got = [await bot.next_event(30) for _ in range(2 * len(rooms))]
         dropped = {str(data["room"]): data["cause"] for name, data in got
@@ -228,6 +232,7 @@ async def test_the_plugin_reconnects_after_a_server_restart_and_the_rooms_come_b
                 return await occupant_nicks_of(server, room, jid) == ["bot"]
             assert await eventually(back)
         assert keeper.failures == 0 and not keeper.scheduled
+        assert bot.xmpp.boundjid.resource == resource     # stable_resource
         assert [info.state for info in bot.guard.rooms()] == [State.JOINED] * len(rooms)
         assert bot.guard._guard.violations() == []
         await asyncio.sleep(0.5)

@@ -250,3 +250,74 @@ def test_a_main_that_returns_without_shutdown_lets_the_process_exit(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ended"
+
+
+# --- stable_resource -------------------------------------------------------------------
+
+
+async def _stored_resource(db: Any, resource: str | None = None) -> str | None:
+    store = await Store.open(db)
+    try:
+        if resource is not None:
+            await store.save_resource("bot@localhost", resource)
+        return await store.load_resource("bot@localhost")
+    finally:
+        await store.close()
+
+
+async def test_a_store_opened_before_connect_asks_for_the_stored_resource(tmp_path):
+    db = tmp_path / "bot.db"
+    await _stored_resource(db, "kept")
+    c = Offline()
+    try:
+        await c.guard.open_store(db)
+        assert c.xmpp.requested_jid.resource == "kept"
+    finally:
+        await c.guard.shutdown()
+
+
+async def test_a_store_opened_during_a_bound_session_warns_and_keeps_that_resource(
+        tmp_path, caplog):
+    db = tmp_path / "bot.db"
+    await _stored_resource(db, "old")
+    c = Offline()
+    try:
+        c.xmpp.boundjid.resource = "fresh"          # the server bound this one
+        c.xmpp.event("session_start")
+        assert c.xmpp.requested_jid.resource == "fresh"   # a reconnect asks for it
+        with caplog.at_level(logging.WARNING, logger="muc_guard"):
+            await c.guard.open_store(db)
+        (warning,) = [r for r in caplog.records if "stable_resource" in r.getMessage()]
+        assert "'old' does not apply" in warning.getMessage()
+        assert c.xmpp.requested_jid.resource == "fresh"
+    finally:
+        await c.guard.shutdown()
+    assert await _stored_resource(db) == "fresh"      # the next start asks for it
+
+
+async def test_a_jid_with_its_own_resource_is_left_alone(tmp_path):
+    db = tmp_path / "bot.db"
+    await _stored_resource(db, "old")
+    xmpp = slixmpp.ClientXMPP("bot@localhost/mine", "unused")
+    xmpp.register_plugin("muc_guard", module=muc_guard.slixmpp)
+    guard = xmpp.plugin["muc_guard"]
+    try:
+        await guard.open_store(db)
+        assert xmpp.requested_jid.resource == "mine"
+        xmpp.event("session_start")
+        assert xmpp.requested_jid.resource == "mine"
+    finally:
+        await guard.shutdown()
+
+
+async def test_without_stable_resource_every_connection_takes_what_the_server_gives(tmp_path):
+    db = tmp_path / "bot.db"
+    await _stored_resource(db, "old")
+    c = Offline(stable_resource=False)
+    try:
+        await c.guard.open_store(db)
+        c.xmpp.boundjid.resource = "fresh"
+        c.xmpp.event("session_start")
+        assert c.xmpp.requested_jid.resource == ""
+    finally:
+        await c.guard.shutdown()
