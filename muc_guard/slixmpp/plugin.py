@@ -106,12 +106,12 @@ class MUCGuardPlugin(BasePlugin):
         if unknown:
             logger.warning("muc_guard: unknown pconfig key(s) ignored: %s",
                            ", ".join(sorted(unknown)))
-        self.xmpp.add_event_handler("session_start", self._open_configured_store)
+        self.xmpp.add_event_handler("session_start", self._on_session_start)
         self._open_configured_store()
 
     def plugin_end(self) -> None:
         """Disabling the plugin shuts the guard down (on the running loop)."""
-        self.xmpp.del_event_handler("session_start", self._open_configured_store)
+        self.xmpp.del_event_handler("session_start", self._on_session_start)
         self._keeper.stop()
         try:
             loop = asyncio.get_running_loop()
@@ -140,7 +140,14 @@ class MUCGuardPlugin(BasePlugin):
         else:
             setattr(settings, key, value)
 
-    def _open_configured_store(self, _: Any = None) -> None:
+    def _on_session_start(self, _: Any) -> None:
+        if self._keeper.stopped:
+            logger.warning("%s: muc_guard was shut down (disconnect() or shutdown()); "
+                           "this session's rooms are not guarded", self.xmpp.boundjid.bare)
+            return
+        self._open_configured_store()
+
+    def _open_configured_store(self) -> None:
         """pconfig "store": opened as soon as a loop runs (plugin_init may
         come before it: then at the first session_start or join())."""
         path = self.config.get("store")

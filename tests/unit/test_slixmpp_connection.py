@@ -151,7 +151,7 @@ async def test_shutdown_leaves_nothing_scheduled():
     assert not c.keeper.scheduled and c.connects == []
 
 
-async def test_the_users_disconnect_shuts_the_guard_down(tmp_path):
+async def test_the_users_disconnect_shuts_the_guard_down(tmp_path, caplog):
     c = Offline()
     db = tmp_path / "bot.db"
     await c.guard.open_store(db)
@@ -161,6 +161,8 @@ async def test_the_users_disconnect_shuts_the_guard_down(tmp_path):
     assert "disconnect" not in c.xmpp.__dict__        # the wrapper is gone
     with pytest.raises(RuntimeError, match="shut down"):
         await c.guard.join(ROOM, "bot")
+    c.xmpp.event("session_start")                     # a later connect(): said plainly
+    assert "not guarded" in caplog.text
     store = await Store.open(db)                       # closed, marked clean
     try:
         assert await store.take_clean_exit("bot@localhost")
