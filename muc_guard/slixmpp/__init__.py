@@ -87,10 +87,25 @@ loop (whose defects are listed in the project notes). Signals are
 * No Room objects: :attr:`RoomInfo.room` is None; ``join()`` returns the nick.
 * Stream management: slixmpp has no "suspended" event; ``end_session_on_
   disconnect`` (False while XEP-0198 may resume) tells a suspension from an end.
+* slixmpp does not reconnect after a lost connection; aioxmpp does.
+  :mod:`.connection` does (pconfig ``reconnect``, ``reconnect_min``,
+  ``reconnect_max``): jittered exponential backoff, once a session was
+  established, never after the user's ``disconnect()``, nothing scheduled
+  after shutdown.
 * A user's ``disconnect()`` and a lost connection look the same to a plugin
-  (both end in ``disconnected``; ``reconnect()`` calls ``disconnect()``): the
-  guard pauses on both; :meth:`shutdown` (or disabling the plugin) closes it.
-  Should the store be left open, :mod:`muc_guard.closer` closes it at exit.
+  (both end in ``disconnected``, the reason is None or "End of stream"
+  either way, and ``reconnect()``, the SASL and TLS code and the keepalive
+  call ``disconnect()`` themselves). The plugin wraps this client's
+  ``disconnect``: a call from outside the slixmpp package is the user's and
+  shuts the guard down (its future completes once the store is closed); a
+  lost connection only pauses it. :meth:`shutdown` and disabling the plugin
+  close it too. Should the store be left open, :mod:`muc_guard.closer`
+  closes it at exit.
+* ``stable_resource``: slixmpp binds ``requested_jid``'s resource, so each
+  session's bound resource is asked for again on a reconnect (aioxmpp keeps
+  its bound JID). A store opened before ``connect()`` asks for the stored
+  one; opened during a bound session it cannot: a warning, and that
+  session's resource is stored and asked for from the next connection.
 
 **Archives** (:mod:`.mam`): a plain-XML XEP-0313 reader with the rules of
 :mod:`muc_guard.aioxmpp.mam` (not ``xep_0313.iterate``: no per-page timeout,
@@ -102,33 +117,30 @@ the driver's filter but not swallowed: dropping a stanza before
 :mod:`muc_guard.aioxmpp.clock`.
 
 **Status** (issue #14, work in progress). Tested: tests/unit/test_slixmpp.py
-(a never-connected client fed literal stanzas) and
-tests/integration/test_slixmpp.py (Prosody: join, a 110+333 kick and the
-rejoin, every message once across a kick from history and from a XEP-0313
-archive, a cut connection resumed by XEP-0198, a cut without resumption).
-Not done yet:
+(a never-connected client fed literal stanzas), tests/unit/test_slixmpp_
+connection.py (reconnecting, the user's ``disconnect()``, raising handlers of
+every ``muc_guard_*`` event, a ``main()`` that ends without shutdown,
+``stable_resource``) and tests/integration/test_slixmpp.py (Prosody: join, a
+110+333 kick and the rejoin, every message once across a kick from history
+and from a XEP-0313 archive, a cut connection resumed by XEP-0198 and one
+without resumption, the server killed or stopped and restarted with the
+plugin reconnecting, the user's ``disconnect()``). The ``muc-guard``
+command runs without aioxmpp (tests/unit/test_cli.py). Not done yet:
 
-* reconnecting the client itself. aioxmpp reconnects on its own (muc_guard
-  only repairs the case it misses, :mod:`muc_guard.aioxmpp.stream`);
-  slixmpp does not reconnect after a lost connection unless the application
-  does it (or enables ``xep_0199`` keepalive, which calls ``reconnect()`` on a
-  ping timeout). Whether the plugin should, as an option, is open;
-* shutting down on a user's ``disconnect()`` (see above: slixmpp does not
-  tell it from a lost connection);
-* ``stable_resource`` only applies when the store is open before
-  ``connect()`` (``await guard.open_store(...)``, or pconfig "store" with a
-  running loop at ``register_plugin``);
-* the ``muc-guard`` command (:mod:`muc_guard.cli`) still needs aioxmpp;
 * the timer, task and waiter plumbing of :mod:`.runner` is a copy of
   :mod:`muc_guard.aioxmpp.runner`'s (no decisions: handles and futures),
-  worth sharing once both front-ends settle.
+  worth sharing once both front-ends settle;
+* after the user's ``disconnect()`` the guard stays shut down: a later
+  ``connect()`` of the same client is not guarded (a warning says so at its
+  session start). To reconnect on purpose, ``xmpp.reconnect()`` only pauses
+  the guard.
 """
 
 from slixmpp.plugins.base import register_plugin
 
-from .plugin import SETTINGS, MUCGuardPlugin
+from .plugin import CONNECTION, SETTINGS, MUCGuardPlugin
 
-__all__ = ["MUCGuardPlugin", "SETTINGS", "muc_guard"]
+__all__ = ["CONNECTION", "MUCGuardPlugin", "SETTINGS", "muc_guard"]
 
 #: ``xmpp.register_plugin("muc_guard", module=muc_guard.slixmpp)`` looks for
 #: an attribute named like the plugin; registering at import also lets

@@ -142,6 +142,8 @@ class GuardDriver:
         self._closer: StoreCloser | None = None
         self._closed = False
         self._stored_resource: str | None = None
+        #: the user's JID names its resource: stable_resource leaves it alone
+        self._named_resource = bool(xmpp.requested_jid.resource)
         self._stream = _DOWN
         #: leave() calls waiting for the room's answer, by room key
         self._leaving: dict[str, asyncio.Future[None]] = {}
@@ -239,17 +241,32 @@ class GuardDriver:
         logger.info("store %r opened for %s", store.path, self.account)
 
     async def _adopt_stored_resource(self, store: Store) -> None:
-        """Bind the resource this account had last time (only for a client
-        whose JID names none and that is not connected yet)."""
+        """stable_resource: bind the resource this account had last time
+        (only for a client whose JID names none). A store opened before
+        connect() applies to the first session; opened during one that is
+        bound already, it cannot: that session's resource is kept instead,
+        stored and asked for from the next connection on."""
         self._stored_resource = await store.load_resource(self.account)
         self.core.occupant_resource = self._stored_resource
         xmpp = self.xmpp
-        if (self.settings.stable_resource and self._stored_resource
-                and not xmpp.requested_jid.resource and xmpp.transport is None
-                and not xmpp.is_connecting()):
-            xmpp.requested_jid.resource = self._stored_resource
-            logger.info("%s: asking for stored resource %r", self.account,
-                        self._stored_resource)
+        stored = self._stored_resource
+        if not self.settings.stable_resource or not stored or self._named_resource:
+            return
+        if self._stream == _UP:
+            bound = xmpp.boundjid.resource
+            if bound != stored:
+                logger.warning("%s: stable_resource: the store was opened after this "
+                               "session bound resource %r, so the stored %r does not apply "
+                               "to it; %r is kept and asked for from the next connection",
+                               self.account, bound, stored, bound)
+                await self._remember_resource()
+            return
+        xmpp.requested_jid.resource = stored
+        if xmpp.transport is None and not xmpp.is_connecting():
+            logger.info("%s: asking for stored resource %r", self.account, stored)
+        else:
+            logger.info("%s: asking for stored resource %r (from the next connection "
+                        "if this one is bound already)", self.account, stored)
 
     async def _remember_resource(self) -> None:
         resource = self.xmpp.boundjid.resource
@@ -561,6 +578,12 @@ class GuardDriver:
         self._stream = _UP
         self.clock.new_stream()
         if self.settings.stable_resource:
+            resource = self.xmpp.boundjid.resource
+            if resource and not self._named_resource:
+                # slixmpp binds requested_jid's resource: the same one on a
+                # reconnect takes over a ghost of this session (aioxmpp keeps
+                # its bound JID the same way).
+                self.xmpp.requested_jid.resource = resource
             self.runner.spawn(self._remember_resource())
         self.runner.feed(StreamUp(self.xmpp.boundjid.resource or None))
 

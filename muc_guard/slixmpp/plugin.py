@@ -22,9 +22,10 @@ from slixmpp.plugins import BasePlugin
 
 from ..core.record import RoomInfo
 from ..core.settings import Settings
+from .connection import ConnectionKeeper, check_bounds
 from .driver import GuardDriver
 
-__all__ = ["MUCGuardPlugin", "SETTINGS"]
+__all__ = ["MUCGuardPlugin", "SETTINGS", "CONNECTION"]
 
 logger = logging.getLogger("muc_guard")
 
@@ -52,6 +53,14 @@ SETTINGS: dict[str, Any] = {
     "backoff_max": _DEFAULTS.backoff.maximum,
 }
 
+#: The slixmpp front-end's own pconfig keys: reconnecting the client after a
+#: lost connection (:mod:`.connection`); aioxmpp does that by itself.
+CONNECTION: dict[str, Any] = {
+    "reconnect": True,
+    "reconnect_min": 1.0,
+    "reconnect_max": 60.0,
+}
+
 
 class MUCGuardPlugin(BasePlugin):
     """Keeps this client inside the MUC rooms it wants to be in.
@@ -65,15 +74,20 @@ class MUCGuardPlugin(BasePlugin):
       guard will not rejoin on its own;
     * ``muc_guard_message``: ``{"room": JID, "message": Message, "recovered":
       bool, "own": bool}``, every groupchat message of a tracked room, once.
+
+    The user's ``xmpp.disconnect()`` shuts the guard down (its future
+    completes once the store is closed); a lost connection only pauses it,
+    and with ``reconnect`` (the default) the plugin connects again.
     """
 
     name = "muc_guard"
     description = "muc_guard: stay inside XEP-0045 rooms (drop detection, self-ping, rejoin)"
     dependencies = {"xep_0030", "xep_0045", "xep_0082", "xep_0199", "xep_0203",
                     "xep_0313", "xep_0359"}
-    default_config = {"store": None, **SETTINGS}
+    default_config = {"store": None, **CONNECTION, **SETTINGS}
 
     _guard: GuardDriver
+    _keeper: ConnectionKeeper
 
     # --- slixmpp's hooks ------------------------------------------------------------
 
@@ -86,16 +100,19 @@ class MUCGuardPlugin(BasePlugin):
                 self._apply(key, self.config[key])
         self._guard.settings.set_backoff(float(self.config["backoff_min"]),
                                          float(self.config["backoff_max"]))
+        check_bounds(self.config["reconnect_min"], self.config["reconnect_max"])
+        self._keeper = ConnectionKeeper(self.xmpp, self.config, self.shutdown)
         unknown = set(self.config) - set(self.default_config)
         if unknown:
             logger.warning("muc_guard: unknown pconfig key(s) ignored: %s",
                            ", ".join(sorted(unknown)))
-        self.xmpp.add_event_handler("session_start", self._open_configured_store)
+        self.xmpp.add_event_handler("session_start", self._on_session_start)
         self._open_configured_store()
 
     def plugin_end(self) -> None:
         """Disabling the plugin shuts the guard down (on the running loop)."""
-        self.xmpp.del_event_handler("session_start", self._open_configured_store)
+        self.xmpp.del_event_handler("session_start", self._on_session_start)
+        self._keeper.stop()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -107,6 +124,9 @@ class MUCGuardPlugin(BasePlugin):
             self._apply(key, value)
             self.config[key] = value
             return
+        if key in ("reconnect_min", "reconnect_max"):
+            bounds = {**self.config, key: value}
+            check_bounds(bounds["reconnect_min"], bounds["reconnect_max"])
         super().__setattr__(key, value)
 
     def _apply(self, key: str, value: Any) -> None:
@@ -120,7 +140,14 @@ class MUCGuardPlugin(BasePlugin):
         else:
             setattr(settings, key, value)
 
-    def _open_configured_store(self, _: Any = None) -> None:
+    def _on_session_start(self, _: Any) -> None:
+        if self._keeper.stopped:
+            logger.warning("%s: muc_guard was shut down (disconnect() or shutdown()); "
+                           "this session's rooms are not guarded", self.xmpp.boundjid.bare)
+            return
+        self._open_configured_store()
+
+    def _open_configured_store(self) -> None:
         """pconfig "store": opened as soon as a loop runs (plugin_init may
         come before it: then at the first session_start or join())."""
         path = self.config.get("store")
@@ -179,7 +206,9 @@ class MUCGuardPlugin(BasePlugin):
         return self._guard.room_info(room)
 
     async def shutdown(self) -> None:
-        """Stop timers and tasks, flush and close the store. Rooms stay wanted."""
+        """Stop timers and tasks (reconnecting included), flush and close the
+        store. Rooms stay wanted. Also done by the user's ``xmpp.disconnect()``."""
+        self._keeper.stop()
         task = self._store_task
         if task is not None and not task.done():
             task.cancel()

@@ -14,6 +14,7 @@ slixmpp = pytest.importorskip("slixmpp")
 
 import muc_guard.slixmpp  # noqa: E402
 from muc_guard import Cause, State  # noqa: E402
+from muc_guard.store import Store  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -133,16 +134,13 @@ async def test_a_cut_connection_resumed_by_xep_0198_keeps_the_rooms(prosody_fact
     """slixmpp fires no session_end when stream management may resume: the
     cut is a suspension (StreamSuspended), the resumption (session_resumed)
     keeps the rooms: no drop, no rejoin. slixmpp does not reconnect by
-    itself: the application does, as here."""
+    itself: the plugin does (pconfig "reconnect")."""
     server = prosody_factory(smacks=True)
     jid, password = account("smacked", server=server)
-    bot = SlixBot(server, jid, password)
+    bot = SlixBot(server, jid, password, reconnect_min=0.1, reconnect_max=0.5)
     bot.xmpp.register_plugin("xep_0198")
     resumed = asyncio.Event()
-    reconnect = True
     bot.xmpp.add_event_handler("session_resumed", lambda _: resumed.set())
-    bot.xmpp.add_event_handler("disconnected", lambda _: reconnect and bot.xmpp.connect(
-        host=server.host, port=server.port))
     room = f"smacked@{server.muc_domain}"
     try:
         await bot.start()
@@ -158,28 +156,32 @@ async def test_a_cut_connection_resumed_by_xep_0198_keeps_the_rooms(prosody_fact
         assert bot.guard._guard.core.new_attempt() == joins + 1   # no join, probe or ping
         occupants = await server.occupants(room)
         assert list(occupants) == ["bot"]
+        assert bot.guard._keeper.attempts == 1
     finally:
-        reconnect = False
         await bot.stop()
 
 
 async def test_a_cut_connection_without_resumption_rejoins_on_the_next_session(
         prosody, account, room_jid):
     """session_end then session_start: StreamDown, StreamUp; the rooms are
-    rejoined (the new session has a new resource: no probe) and announced."""
+    rejoined and announced (stable_resource binds the same resource again:
+    a probe first, which finds us gone).
+    Here the application reconnects by itself, with the plugin's off."""
     await prosody.create_room(room_jid)
     jid, password = account("cut")
-    bot = SlixBot(prosody, jid, password)
+    bot = SlixBot(prosody, jid, password, reconnect=False)
     reconnect = True
     bot.xmpp.add_event_handler("disconnected", lambda _: reconnect and bot.xmpp.connect(
         host=prosody.host, port=prosody.port))
     try:
         await bot.start()
         await asyncio.wait_for(bot.guard.join(str(room_jid), "bot"), 15)
+        resource = bot.xmpp.boundjid.resource
         await prosody.sever_c2s(bot.xmpp.boundjid.full)
         name, data = await bot.next_event()
         assert (name, data["cause"]) == ("muc_guard_dropped", Cause.STREAM_LOST)
         assert (await bot.next_event())[0] == "muc_guard_rejoined"
+        assert bot.xmpp.boundjid.resource == resource
 
         async def back() -> bool:
             return await occupant_nicks_of(prosody, room_jid, jid) == ["bot"]
@@ -188,3 +190,79 @@ async def test_a_cut_connection_without_resumption_rejoins_on_the_next_session(
     finally:
         reconnect = False
         await bot.stop()
+
+
+@pytest.mark.parametrize("hard", [True, False], ids=["killed", "stopped"])
+async def test_the_plugin_reconnects_after_a_server_restart_and_the_rooms_come_back(
+        hard, private_prosody, account):
+    """slixmpp alone stays offline after the server goes away (SIGKILL: the
+    connection just ends; SIGTERM: the server closes the stream first). The
+    plugin reconnects with backoff while the server is down and after it is
+    back, and every room is rejoined and announced once."""
+    server = private_prosody
+    jid, password = account("phoenix", server=server)
+    bot = SlixBot(server, jid, password, reconnect_min=0.2, reconnect_max=1.0)
+    rooms = [f"phoenix{i}@{server.muc_domain}" for i in range(2)]
+    try:
+        await bot.start()
+        for room in rooms:
+            await asyncio.wait_for(bot.guard.join(room, "bot"), 15)
+        await asyncio.sleep(0.5)
+        if hard:
+            await server.kill()
+        else:
+            await server.astop()
+        keeper = bot.guard._keeper
+
+        async def retried() -> bool:
+            return keeper.attempts >= 2            # at least once more while down
+        assert await eventually(retried, timeout=10)
+        assert not bot.xmpp.is_connected() and bot.events.empty()
+        resource = bot.xmpp.boundjid.resource
+        await server.astart()
+        got = [await bot.next_event(30) for _ in range(2 * len(rooms))]
+        dropped = {str(data["room"]): data["cause"] for name, data in got
+                   if name == "muc_guard_dropped"}
+        rejoined = {str(data["room"]): data["nick"] for name, data in got
+                    if name == "muc_guard_rejoined"}
+        assert dropped == {room: Cause.STREAM_LOST for room in rooms}
+        assert rejoined == {room: "bot" for room in rooms}
+        for room in rooms:
+            async def back(room: str = room) -> bool:
+                return await occupant_nicks_of(server, room, jid) == ["bot"]
+            assert await eventually(back)
+        assert keeper.failures == 0 and not keeper.scheduled
+        assert bot.xmpp.boundjid.resource == resource     # stable_resource
+        assert [info.state for info in bot.guard.rooms()] == [State.JOINED] * len(rooms)
+        assert bot.guard._guard.violations() == []
+        await asyncio.sleep(0.5)
+        assert bot.events.empty()                       # nothing announced twice
+    finally:
+        await bot.stop()
+
+
+async def test_the_users_disconnect_shuts_the_guard_down_and_does_not_reconnect(
+        prosody, account, room_jid, tmp_path):
+    await prosody.create_room(room_jid)
+    jid, password = account("leaver")
+    db = tmp_path / "bot.db"
+    bot = SlixBot(prosody, jid, password, reconnect_min=0.1, reconnect_max=0.2)
+    try:
+        await bot.guard.open_store(db)
+        await bot.start()
+        await asyncio.wait_for(bot.guard.join(str(room_jid), "bot"), 15)
+        await asyncio.wait_for(bot.xmpp.disconnect(wait=2.0), 10)
+        assert bot.guard._guard._closed and bot.guard._keeper.stopped
+        await asyncio.sleep(0.5)                        # past any reconnect delay
+        assert not bot.xmpp.is_connected() and not bot.xmpp.is_connecting()
+        assert bot.guard._keeper.attempts == 0 and bot.events.empty()
+        store = await Store.open(db)
+        try:
+            assert await store.take_clean_exit(str(jid.bare()))
+            assert [str(r.jid) for r in await store.load_rooms(str(jid.bare()))] == \
+                [str(room_jid)]                          # still wanted next time
+        finally:
+            await store.close()
+    finally:
+        await bot.stop()
+
