@@ -46,39 +46,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any
 from xml.etree.ElementTree import Element
 
 from slixmpp import JID
 from slixmpp.exceptions import PresenceError
 
-from ..closer import StoreCloser
-from ..core.commands import SendNick
+from ..frontend.driver import BaseDriver, never_raises as _never_raises
 from ..core.events import (
     ErrorFromRoom,
-    JoinRequested,
     LeaveRequested,
-    NickRequested,
     NickSent,
-    StoreLoaded,
     StreamDown,
     StreamResumed,
     StreamSuspended,
     StreamUp,
     SubjectSeen,
-    TimerKind,
 )
-from ..core.guard import REPLAYED, GuardCore
-from ..core.invariants import violations
-from ..core.joins import RUNNING_PHASES
+from ..core.guard import REPLAYED
 from ..core.policy import NICK_CHANGE
-from ..core.record import Phase, RoomInfo, RoomRecord, State
-from ..core.settings import Settings
-from ..store import Store, StoreError, StoreWriter
+from ..core.record import RoomInfo, RoomRecord, State
+from ..store import Store
 from .clock import ServerClock
 from .facts import (
     STATUS_SELF,
@@ -103,7 +94,6 @@ logger = logging.getLogger("muc_guard")
 
 _JOINED = State.JOINED
 _MAM_RESULT = f"{{{MAM_NS}}}result"
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 #: the core's stream as this driver last told it
 _DOWN, _UP, _SUSPENDED = "down", "up", "suspended"
@@ -115,33 +105,18 @@ def slixmpp_room(text: str) -> tuple[Hashable, str]:
     return key, key.partition("@")[2]
 
 
-def _never_raises(fn: _F) -> _F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except Exception:
-            logger.exception("muc_guard: error in %s (ignored)", fn.__name__)
-        return None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class GuardDriver:
+class GuardDriver(BaseDriver):
     """Keeps one slixmpp client in the rooms it wants. Owned by the plugin."""
 
+    parse_room = staticmethod(slixmpp_room)
+    check_nick = staticmethod(check_nick)
+
     def __init__(self, xmpp: Any) -> None:
+        super().__init__()
         self.xmpp = xmpp
-        self.settings = Settings()
-        self.core = GuardCore(self.settings)
         #: the MUC services' clocks: positions are kept in the server's time
         self.clock = ServerClock(self)
-        self.runner = CommandRunner(self)
-        self.store: Store | None = None
-        self.writer: StoreWriter | None = None
-        self._closer: StoreCloser | None = None
-        self._closed = False
-        self._stored_resource: str | None = None
+        self.runner: CommandRunner = CommandRunner(self)
         #: the user's JID names its resource: stable_resource leaves it alone
         self._named_resource = bool(xmpp.requested_jid.resource)
         self._stream = _DOWN
@@ -177,77 +152,27 @@ class GuardDriver:
     def account(self) -> str:
         return str(self.xmpp.boundjid.bare)
 
-    # --- public operations ----------------------------------------------------------
+    # --- this front-end's side of BaseDriver --------------------------------------------
 
-    def rooms(self) -> list[RoomInfo]:
-        return [self._info(rec) for rec in self.core.rooms.values()]
+    def room_key(self, room: Any) -> str:
+        return room_key(room)
 
-    def room_info(self, room: JID | str) -> RoomInfo | None:
-        rec = self.core.rooms.get(room_key(room))
-        return self._info(rec) if rec is not None else None
+    def service_of(self, key: Any) -> str:
+        return str(key).partition("@")[2]
 
-    @staticmethod
-    def _info(rec: RoomRecord) -> RoomInfo:
+    def snapshot(self, rec: RoomRecord) -> RoomInfo:
         # A fresh slixmpp JID each time: they are mutable.
         return dataclasses.replace(rec.snapshot(None), jid=room_jid(rec.jid))
 
-    def set_ping_idle(self, value: float) -> None:
-        try:
-            now: float | None = asyncio.get_running_loop().time()
-        except RuntimeError:    # no loop yet: no timers to move
-            now = None
-        commands = self.core.set_ping_idle(value, now if now is not None else 0.0)
-        if now is not None:
-            self.runner.run(commands)
+    def bound_resource(self) -> str | None:
+        return self.xmpp.boundjid.resource or None
 
-    def violations(self) -> list[str]:
-        """Broken invariants of the core, and the driver's own: every phase
-        that waits for I/O has its task."""
-        found = violations(self.core)
-        for rec in self.core.rooms.values():
-            io = rec.io if isinstance(rec.io, RoomIO) else None
-            task = io.task if io is not None else None
-            waiting = rec.phase is Phase.RECOVER and self.core.armed(rec, TimerKind.ARCHIVE_RETRY)
-            if rec.phase in RUNNING_PHASES and not waiting and (task is None or task.done()):
-                found.append(f"{rec.jid}: {rec.phase.name}, but no task runs for it")
-            if rec.ping and (io is None or io.ping_task is None):
-                found.append(f"{rec.jid}: a self-ping in flight without its task")
-        return found
-
-    def _feed_now(self, event: Any) -> None:
-        """A request from the user: errors in it are the caller's."""
-        loop = asyncio.get_running_loop()
-        self.runner.run(self.core.handle(event, loop.time(), time.time()))
-
-    async def open_store(self, path: Any) -> None:
-        if self.store is not None:
-            raise RuntimeError(f"a store is already open: {self.store.path!r}")
-        store = await Store.open(path, parse_room=slixmpp_room)
-        try:
-            stored = await store.load_rooms(self.account)
-        except BaseException:
-            await store.close()
-            raise
-        try:
-            crashed = not await store.take_clean_exit(self.account)
-        except StoreError as exc:
-            logger.warning("%s", exc)
-            crashed = True
-        self.store = store
-        self.writer = StoreWriter(store, self.account)
-        self._closer = await StoreCloser.watch(store, self.writer)
-        await self._adopt_stored_resource(store)
-        self._feed_now(StoreLoaded(tuple(stored), crashed))
-        logger.info("store %r opened for %s", store.path, self.account)
-
-    async def _adopt_stored_resource(self, store: Store) -> None:
+    async def adopt_stored_resource(self, store: Store) -> None:
         """stable_resource: bind the resource this account had last time
         (only for a client whose JID names none). A store opened before
         connect() applies to the first session; opened during one that is
         bound already, it cannot: that session's resource is kept instead,
         stored and asked for from the next connection on."""
-        self._stored_resource = await store.load_resource(self.account)
-        self.core.occupant_resource = self._stored_resource
         xmpp = self.xmpp
         stored = self._stored_resource
         if not self.settings.stable_resource or not stored or self._named_resource:
@@ -267,66 +192,6 @@ class GuardDriver:
         else:
             logger.info("%s: asking for stored resource %r (from the next connection "
                         "if this one is bound already)", self.account, stored)
-
-    async def _remember_resource(self) -> None:
-        resource = self.xmpp.boundjid.resource
-        if self.store is None or not resource or resource == self._stored_resource:
-            return
-        try:
-            await self.store.save_resource(self.account, resource)
-            self._stored_resource = resource
-        except StoreError as exc:
-            logger.warning("%s", exc)
-
-    async def join(self, room: JID | str, nick: str, *, password: str | None = None) -> str:
-        key = room_key(room)
-        nick = check_nick(nick)
-        if self._closed:
-            raise RuntimeError("muc_guard is shut down")
-        loop = asyncio.get_running_loop()
-        commands = self.core.handle(JoinRequested(key, key.partition("@")[2], nick, password),
-                                    loop.time(), time.time())
-        rec = self.core.rooms[key]
-        io = io_of(rec)
-        waiter: asyncio.Future[str] | None = None
-        if rec.state is not _JOINED:
-            waiter = loop.create_future()
-            if io.waiters is None:
-                io.waiters = []
-            io.waiters.append(waiter)
-        try:
-            explicit = self._explicit_nick(commands)
-            self.runner.run(commands)
-            if explicit is not None:
-                await self.send_nick(rec, explicit, explicit=True)
-            await self._flush()
-            if waiter is None:
-                return rec.nick
-            return await waiter
-        finally:
-            # Cancelling join() cancels only this wait: the room stays wanted.
-            if waiter is not None and io.waiters and waiter in io.waiters:
-                io.waiters.remove(waiter)
-                if not io.waiters:
-                    io.waiters = None
-
-    @staticmethod
-    def _explicit_nick(commands: list[Any]) -> str | None:
-        for command in commands:
-            if type(command) is SendNick and command.explicit:
-                return str(command.nick)
-        return None
-
-    async def set_nick(self, room: JID | str, nick: str) -> None:
-        key = room_key(room)
-        nick = check_nick(nick)
-        loop = asyncio.get_running_loop()
-        commands = self.core.handle(NickRequested(key, nick), loop.time(), time.time())
-        explicit = self._explicit_nick(commands)
-        self.runner.run(commands)
-        if explicit is not None:
-            await self.send_nick(self.core.rooms[key], explicit, explicit=True)
-        await self._flush()
 
     async def send_nick(self, rec: RoomRecord, nick: str, *, explicit: bool) -> None:
         """Ask the room for `nick` and tell the core how it went. An explicit
@@ -384,41 +249,13 @@ class GuardDriver:
         self.runner.forget_table(key)
         logger.info("%s: left and forgotten", key)
 
-    async def close(self) -> None:
-        """Stop timers and tasks, flush and close the store. Rooms stay wanted."""
-        if self._closed:
-            return
-        self._closed = True
+    def unhook(self) -> None:
         for name, handler in self._handlers:
             self.xmpp.del_event_handler(name, handler)
         try:
             self.xmpp.del_filter("in", self._inbound)
         except ValueError:
             pass
-        self.runner.run(self.core.close(asyncio.get_running_loop().time()))
-        self.runner.stop_all()
-        tasks = list(self.runner.tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._closer is not None and not await self._closer.release():
-            return   # the event loop is ending, and the closer closed the store
-        if self.writer is not None:
-            await self.writer.close()
-        if self.store is not None:
-            try:
-                await self.store.set_clean_exit(self.account, True)
-            except StoreError as exc:
-                logger.warning("%s", exc)
-            await self.store.close()
-
-    async def _flush(self) -> None:
-        if self.writer is None:
-            return
-        try:
-            await self.writer.flush()
-        except StoreError:
-            pass  # logged by the writer, which keeps the change and retries
 
     def deliver(self, rec: RoomRecord, message: Any, *, recovered: bool, own: bool) -> None:
         """``muc_guard_message``: built only when someone listens."""

@@ -31,7 +31,6 @@ with a JID; :meth:`rooms` hands out fresh :class:`slixmpp.JID` objects.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Hashable
 from typing import Any
 from xml.etree.ElementTree import Element
@@ -40,6 +39,7 @@ from slixmpp import JID
 from slixmpp.jid import InvalidJID
 
 from ..core.events import PresenceKind, RoomPresence
+from ..frontend.clock import parse_utc as parse_stamp
 from ..core.policy import NICK_CHANGE
 
 __all__ = ["NS_MUC_USER", "room_key", "room_jid", "check_nick", "bare_and_resource",
@@ -168,19 +168,6 @@ def stanza_id_of(xml: Element, room: str) -> str | None:
             if value:
                 return value
     return None
-
-
-def parse_stamp(text: str | None) -> float | None:
-    """A XEP-0082 date-time as a UNIX time (None if unreadable)."""
-    if not text:
-        return None
-    try:
-        stamp = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
-    return stamp.timestamp()
 
 
 def room_stamp_of(xml: Element, room: str) -> float | None:

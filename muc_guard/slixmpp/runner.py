@@ -20,25 +20,23 @@ attempt the command carried.
   XEP-0410 reader. slixmpp drops every ``schedule()`` on ``disconnected``,
   and with it the IQ timeouts: an IQ sent just before a loss would wait
   for ever. Every wait here has its own ``asyncio`` timeout.
-* Timers are ``loop.call_at``; signals are ``xmpp.event("muc_guard_*", data)``.
+* Signals are ``xmpp.event("muc_guard_*", data)``.
 
-The per-room handles live in a :class:`RoomIO` on the record (``rec.io``).
+Timers, tasks, waiters and the store's marks are the shared plumbing of
+:class:`muc_guard.frontend.runner.BaseRunner`. The per-room handles live in
+a :class:`RoomIO` on the record (``rec.io``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout, PresenceError
 
 from ..core import commands as cmd
-from ..core.continuity import recover_since
 from ..core.events import (
     ArchivedMessage,
     ArchiveRead,
@@ -48,12 +46,12 @@ from ..core.events import (
     JoinFailure,
     JoinSucceeded,
     PingReplied,
-    TimerFired,
     TimerKind,
 )
-from ..core.guard import GuardCore
 from ..core.record import RoomRecord
-from ..errors import GaveUpError, GuardError, RoomLeftError
+from ..frontend.runner import BaseRunner
+from ..frontend.runner import RoomIO as BaseRoomIO
+from ..frontend.runner import io_of as _io_of
 from .facts import bare_and_resource, body_text, error_of, iq_error, room_jid, stanza_id_of
 from .mam import read_archive
 
@@ -92,20 +90,13 @@ class NickWait:
         self.future = future
 
 
-class RoomIO:
-    """One room's slixmpp handles (on ``rec.io``)."""
+class RoomIO(BaseRoomIO):
+    """One room's handles (on ``rec.io``), with the join and nick change out."""
 
-    __slots__ = ("task", "ping_task", "ping_timer", "timers", "waiters", "join", "nick")
+    __slots__ = ("join", "nick")
 
     def __init__(self) -> None:
-        #: the join attempt, probe or archive read in flight
-        self.task: asyncio.Task[None] | None = None
-        self.ping_task: asyncio.Task[None] | None = None
-        self.ping_timer: asyncio.TimerHandle | None = None
-        #: the room's other timers, by kind; None while none is armed
-        self.timers: dict[TimerKind, asyncio.TimerHandle] | None = None
-        #: futures of join() callers; None while nobody waits (most rooms)
-        self.waiters: list[asyncio.Future[Any]] | None = None
+        super().__init__()
         #: the join presence out, waiting for the room's answer
         self.join: JoinWait | None = None
         #: the nick change out, waiting for the room's answer
@@ -113,93 +104,41 @@ class RoomIO:
 
 
 def io_of(rec: RoomRecord) -> RoomIO:
-    io = rec.io
-    if io is None:
-        io = rec.io = RoomIO()
-    assert isinstance(io, RoomIO)
-    return io
+    return _io_of(rec, RoomIO)  # type: ignore[no-any-return]
 
 
-class CommandRunner:
+class CommandRunner(BaseRunner):
     """Runs commands for one :class:`~muc_guard.slixmpp.driver.GuardDriver`."""
 
+    io_type = RoomIO
+
     def __init__(self, driver: Any) -> None:
-        self.driver = driver
-        self.core: GuardCore = driver.core
+        super().__init__(driver)
         self.xmpp: Any = driver.xmpp
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self._pace_timer: asyncio.TimerHandle | None = None
-        self._run: dict[type[Any], Callable[[Any], None]] = {
-            cmd.SendJoin: self._send_join,
-            cmd.CancelJoin: self._cancel_join,
-            cmd.SendSelfPing: self._send_self_ping,
-            cmd.SendNick: self._send_nick,
-            cmd.QueryArchiveSupport: self._query_archive_support,
-            cmd.ReadArchive: self._read_archive,
-            cmd.ArmTimer: self._arm_timer,
-            cmd.CancelTimer: self._cancel_timer,
-            cmd.Detach: self._detach,
-            cmd.Persist: self._persist,
-            cmd.Forget: self._forget,
-            cmd.Dropped: lambda c: self._signal("muc_guard_dropped",
-                                                room=room_jid(c.rec.jid), cause=c.cause),
-            cmd.Rejoined: lambda c: self._signal("muc_guard_rejoined",
-                                                 room=room_jid(c.rec.jid), nick=c.rec.nick),
-            cmd.GaveUp: lambda c: self._signal("muc_guard_gave_up",
-                                               room=room_jid(c.rec.jid), cause=c.cause),
-            cmd.Deliver: self._deliver,
-            cmd.ResolveWaiters: self._resolve_waiters,
-        }
 
     @property
     def muc(self) -> Any:
         return self.xmpp.plugin["xep_0045"]
 
-    # --- the loop between core and runner -------------------------------------------
+    # --- signals ----------------------------------------------------------------------
 
-    def feed(self, event: Event) -> None:
-        """Hand the core an event and run what it says. Never raises."""
-        try:
-            commands = self.core.handle(event, asyncio.get_running_loop().time(), time.time())
-        except Exception:
-            logger.exception("muc_guard: error handling %r (ignored)", event)
-            return
-        self.run(commands)
+    def _dropped(self, c: cmd.Dropped) -> None:
+        self._signal("muc_guard_dropped", room=room_jid(c.rec.jid), cause=c.cause)
 
-    def run(self, commands: list[cmd.Command]) -> None:
-        for command in commands:
-            try:
-                self._run[type(command)](command)
-            except Exception:
-                logger.exception("muc_guard: error running %r (ignored)", command)
+    def _rejoined(self, c: cmd.Rejoined) -> None:
+        self._signal("muc_guard_rejoined", room=room_jid(c.rec.jid), nick=c.rec.nick)
 
-    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+    def _gave_up(self, c: cmd.GaveUp) -> None:
+        self._signal("muc_guard_gave_up", room=room_jid(c.rec.jid), cause=c.cause)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("muc_guard task failed", exc_info=task.exception())
+    def _hand_over(self, c: cmd.Deliver) -> None:
+        self.driver.deliver(c.rec, c.message, recovered=c.recovered, own=c.own)
 
-    def _room_task(self, rec: RoomRecord, job: Callable[[Any], Any], command: Any) -> None:
-        io = io_of(rec)
-        if io.task is not None:
-            io.task.cancel()
-        io.task = self.spawn(self._room_job(rec, job, command), name=f"muc_guard {rec.jid}")
+    def public_jid(self, key: Any) -> Any:
+        return room_jid(key)
 
-    async def _room_job(self, rec: RoomRecord, job: Callable[[Any], Any],
-                        command: Any) -> None:
-        io = io_of(rec)
-        try:
-            event = await job(command)
-        finally:
-            if io.task is asyncio.current_task():
-                io.task = None
-        if event is not None:
-            self.feed(event)
+    def joined_value(self, rec: RoomRecord, io: Any) -> Any:
+        return rec.nick
 
     def _signal(self, name: str, **data: Any) -> None:
         """A user event. slixmpp catches what a handler raises (and runs
@@ -211,29 +150,11 @@ class CommandRunner:
 
     # --- joins ----------------------------------------------------------------------
 
-    def _send_join(self, c: cmd.SendJoin) -> None:
-        self._room_task(c.rec, self._join, c)
-
-    def _cancel_join(self, c: cmd.CancelJoin) -> None:
-        io = c.rec.io
-        if isinstance(io, RoomIO) and io.task is not None:
-            io.task.cancel()
-            io.task = None
-
     def _history(self, c: cmd.SendJoin) -> dict[str, Any]:
         since = None if c.archive else self._since(c.rec, c.position_ts, c.last_joined)
         if since is None:
             return {"maxchars": 0}
         return {"since": since}
-
-    def _since(self, rec: RoomRecord, position_ts: float | None,
-               last_joined: float | None) -> datetime.datetime | None:
-        clock, domain = self.driver.clock, rec.service
-        joined = clock.to_server(last_joined, domain) if last_joined is not None else None
-        since = recover_since(position_ts, joined, clock.now(domain))
-        if since is None:
-            return None
-        return datetime.datetime.fromtimestamp(since, tz=datetime.timezone.utc)
 
     def _enter_table(self, room: JID, nick: str) -> None:
         """What ``join_muc_wait`` does to xep_0045's tables."""
@@ -334,22 +255,7 @@ class CommandRunner:
             io.ping_task = None
         self.forget_table(str(c.rec.jid))
 
-    # --- self-pings -----------------------------------------------------------------
-
-    def _send_self_ping(self, c: cmd.SendSelfPing) -> None:
-        if c.probe:
-            self._room_task(c.rec, self._self_ping, c)
-            return
-        io = io_of(c.rec)
-        io.ping_task = self.spawn(self._ping_job(c, io))
-
-    async def _ping_job(self, c: cmd.SendSelfPing, io: RoomIO) -> None:
-        try:
-            event = await self._self_ping(c)
-        finally:
-            if io.ping_task is asyncio.current_task():
-                io.ping_task = None
-        self.feed(event)
+    # --- self-pings, archives -----------------------------------------------------------------
 
     async def _self_ping(self, c: cmd.SendSelfPing) -> PingReplied:
         """XEP-0410: ping our own occupant JID."""
@@ -380,19 +286,6 @@ class CommandRunner:
 
     # --- nicks, archives --------------------------------------------------------------
 
-    def _send_nick(self, c: cmd.SendNick) -> None:
-        if not c.explicit:   # an explicit one is awaited by set_nick() itself
-            self.spawn(self.driver.send_nick(c.rec, c.nick, explicit=False))
-
-    def _query_archive_support(self, c: cmd.QueryArchiveSupport) -> None:
-        if c.attempt:
-            self._room_task(c.rec, self._archive_support, c)
-        else:
-            self.spawn(self._feed_later(c))
-
-    async def _feed_later(self, c: cmd.QueryArchiveSupport) -> None:
-        self.feed(await self._archive_support(c))
-
     async def _archive_support(self, c: cmd.QueryArchiveSupport) -> ArchiveSupport:
         """XEP-0313 §6.1: does the room advertise urn:xmpp:mam:2? (None: no answer)."""
         key = c.rec.jid
@@ -415,9 +308,6 @@ class CommandRunner:
         found = any(feature.get("var") == NS_MAM for feature in features)
         return ArchiveSupport(key, found, c.attempt)
 
-    def _read_archive(self, c: cmd.ReadArchive) -> None:
-        self._room_task(c.rec, self._archive_read, c)
-
     async def _archive_read(self, c: cmd.ReadArchive) -> ArchiveRead:
         rec, settings = c.rec, self.core.settings
         key = str(rec.jid)
@@ -437,125 +327,3 @@ class CommandRunner:
                            retry=read.retry,
                            error=None if read.error is None or read.retry else read.error,
                            server_now=self.driver.clock.now(rec.service))
-
-    # --- timers ---------------------------------------------------------------------
-
-    def _arm_timer(self, c: cmd.ArmTimer) -> None:
-        loop = asyncio.get_running_loop()
-        rec, kind = c.rec, c.kind
-        if rec is None:
-            if self._pace_timer is not None:
-                self._pace_timer.cancel()
-            self._pace_timer = loop.call_at(c.at, self._fired, None, kind)
-            return
-        io = io_of(rec)
-        handle = loop.call_at(c.at, self._fired, rec.jid, kind)
-        if kind is _PING:
-            if io.ping_timer is not None:
-                io.ping_timer.cancel()
-            io.ping_timer = handle
-            return
-        if io.timers is None:
-            io.timers = {}
-        old = io.timers.pop(kind, None)
-        if old is not None:
-            old.cancel()
-        io.timers[kind] = handle
-
-    def _cancel_timer(self, c: cmd.CancelTimer) -> None:
-        rec = c.rec
-        if rec is None:
-            if self._pace_timer is not None:
-                self._pace_timer.cancel()
-                self._pace_timer = None
-            return
-        io = io_of(rec)
-        if c.kind is _PING:
-            handle, io.ping_timer = io.ping_timer, None
-        else:
-            handle = io.timers.pop(c.kind, None) if io.timers else None
-            if io.timers == {}:
-                io.timers = None
-        if handle is not None:
-            handle.cancel()
-
-    def _fired(self, room: Any, kind: TimerKind) -> None:
-        if room is None:
-            self._pace_timer = None
-        else:
-            rec = self.core.rooms.get(room)
-            if rec is not None and isinstance(rec.io, RoomIO):
-                io = rec.io
-                if kind is _PING:
-                    io.ping_timer = None
-                elif io.timers:
-                    io.timers.pop(kind, None)
-                    if not io.timers:
-                        io.timers = None
-        self.feed(TimerFired(room, kind))
-
-    def stop(self, rec: RoomRecord) -> None:
-        """Cancel everything of one room (left, or the guard closes)."""
-        io = rec.io
-        if not isinstance(io, RoomIO):
-            return
-        for handle in [io.ping_timer, *(io.timers or {}).values()]:
-            if handle is not None:
-                handle.cancel()
-        io.ping_timer, io.timers = None, None
-        for task in (io.task, io.ping_task):
-            if task is not None:
-                task.cancel()
-        io.task = io.ping_task = None
-
-    def stop_all(self) -> None:
-        if self._pace_timer is not None:
-            self._pace_timer.cancel()
-            self._pace_timer = None
-        for rec in self.core.rooms.values():
-            self.stop(rec)
-
-    # --- store, signals, waiters ------------------------------------------------------
-
-    def _persist(self, c: cmd.Persist) -> None:
-        writer = self.driver.writer
-        if writer is not None and self.core.rooms.get(c.rec.jid) is c.rec:
-            writer.mark(c.rec, now=c.now)
-
-    def _forget(self, c: cmd.Forget) -> None:
-        if self.driver.writer is not None:
-            self.driver.writer.mark_deleted(c.rec.jid)
-
-    def _deliver(self, c: cmd.Deliver) -> None:
-        writer = self.driver.writer
-        if writer is not None:
-            writer.mark(c.rec, lazy=True)
-        self.driver.deliver(c.rec, c.message, recovered=c.recovered, own=c.own)
-
-    def _resolve_waiters(self, c: cmd.ResolveWaiters) -> None:
-        io = c.rec.io
-        if not isinstance(io, RoomIO) or not io.waiters:
-            if isinstance(io, RoomIO):
-                io.waiters = None
-            return
-        waiters, io.waiters = io.waiters, None
-        error: BaseException | None
-        if c.joined:
-            error = None
-        elif c.exception is not None:
-            error = c.exception
-        elif c.error == "left":
-            error = RoomLeftError(f"{c.rec.jid} was left")
-        elif c.error == "gave-up" and c.cause is not None:
-            error = GaveUpError(room_jid(c.rec.jid), c.cause)
-        elif c.error == "refused":
-            error = GuardError(f"{c.rec.jid}: join refused")
-        else:
-            error = ConnectionError("muc_guard shut down")
-        for waiter in waiters:
-            if waiter.done():
-                continue
-            if error is None:
-                waiter.set_result(c.rec.nick)
-            else:
-                waiter.set_exception(error)
