@@ -30,7 +30,7 @@ from typing import Any
 import aioxmpp
 import pytest
 
-from guardkit import checkout_env, over_both, over_verified_tls
+from guardkit import checkout_env, over_both, over_frontends, over_verified_tls
 from muc_guard.core.continuity import digest, recent_from_json
 from muc_guard.testing.certs import TestCA
 from prosody import ProsodyServer, connected
@@ -43,8 +43,6 @@ START_TIMEOUT = 20.0
 EXIT_TIMEOUT = 10.0
 
 FRONTENDS = ("aioxmpp", "slixmpp")
-#: Run a test once with each front-end's bots (the ``frontend`` argument).
-over_frontends = pytest.mark.parametrize("frontend", FRONTENDS)
 
 
 def bot_script(kind: str, frontend: str) -> str:
