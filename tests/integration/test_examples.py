@@ -33,6 +33,7 @@ import pytest
 from guardkit import checkout_env, over_both, over_frontends, over_verified_tls
 from muc_guard.core.continuity import digest, recent_from_json
 from muc_guard.testing.certs import TestCA
+from muc_guard.testing.process import free_port
 from prosody import ProsodyServer, connected
 
 pytestmark = pytest.mark.integration
@@ -336,6 +337,22 @@ def test_wrong_password_exits_1(prosody, account, tmp_path, frontend):
     assert done.returncode == 1
     assert "authentication failed" in done.stderr and "MUC_GUARD_PASSWORD" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@over_frontends
+def test_unreachable_server_exits_1_after_a_few_attempts(tmp_path, frontend):
+    """Nothing listens at --server: a few attempts, then exit status 1 and one
+    line saying why (a bot that never had a session does not wait for ever)."""
+    started = time.monotonic()
+    done = run_script(bot_script("echo", frontend), "--jid", "bot@localhost",
+                      "--room", "r@conference.localhost", "--db", str(tmp_path / "bot.db"),
+                      "--server", f"127.0.0.1:{free_port()}", "--insecure-plaintext",
+                      env={"MUC_GUARD_PASSWORD": "x"})
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 15
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "cannot connect as bot@localhost" in errors[0], done.stderr
+    assert "connection failed" in done.stderr and "Traceback" not in done.stderr
 
 
 # --- the logger bot ------------------------------------------------------------------
