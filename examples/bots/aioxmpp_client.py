@@ -80,7 +80,7 @@ class AioxmppFrontend:
     def start(self, bot: common.Bot, connected: Callable[[str], None],
               failed: Callable[[BaseException], None]) -> None:
         client = bot.client
-        client.on_failure.connect(common.listener(failed))
+        client.on_failure.connect(failed)
         client.on_stream_established.connect(lambda: connected(str(client.local_jid)))
         client.presence = aioxmpp.PresenceState(True)   # starts the client
 
