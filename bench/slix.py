@@ -24,11 +24,11 @@ import slixmpp
 import slixmpp.exceptions
 from slixmpp.plugins.xep_0410 import PingStatus
 
+from .botproc_slix import is_self_ping, plain_tcp_client
 from .common import PASSWORD, Events, ProbeRecords, SendTimes
 
 log = logging.getLogger("bench.slix")
 
-PING_NS = "urn:xmpp:ping"
 MUC_NS = "http://jabber.org/protocol/muc"
 MUC_USER_NS = "http://jabber.org/protocol/muc#user"
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -54,12 +54,6 @@ def self_presence_codes(xml: Any) -> set[str]:
     if x is None:
         return set()
     return {status.get("code", "") for status in x.findall(f"{{{MUC_USER_NS}}}status")}
-
-
-def is_self_ping(stanza: Any, ns: str) -> bool:
-    xml = stanza.xml
-    return (xml.tag == f"{{{ns}}}iq" and xml.get("type") == "get"
-            and xml.find(f"{{{PING_NS}}}ping") is not None)
 
 
 class SlixProbe(ProbeRecords):
@@ -152,13 +146,7 @@ class SlixClient:
 
     def __init__(self, ctx: Any, jid: aioxmpp.JID, resource: str) -> None:
         self.server = ctx.server
-        xmpp = slixmpp.ClientXMPP(f"{jid.bare()}/{resource}", PASSWORD)
-        xmpp.enable_direct_tls = False
-        xmpp.enable_starttls = False
-        xmpp.enable_plaintext = True
-        mechanisms = xmpp.plugin["feature_mechanisms"]
-        mechanisms.unencrypted_scram = True
-        mechanisms.unencrypted_plain = True
+        xmpp = plain_tcp_client(f"{jid.bare()}/{resource}", PASSWORD)
         self.xmpp = xmpp
         self.probe = SlixProbe(xmpp)
         xmpp.register_plugin("xep_0045")
