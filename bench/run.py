@@ -7,7 +7,7 @@ writes ``bench/RESULTS.md`` (a full run) with the machine, the versions, the
 date, every figure (min/median/p95/max and the ratio to its baseline) and
 every target with its verdict.
 
-    python -m bench                  # full run, about a quarter of an hour on 2 cores
+    python -m bench                  # full run, about 20 minutes on 2 cores
     python -m bench --smoke          # tiny sizes, a few seconds (the test suite runs this)
     python -m bench --only 1,7       # some scenarios (prints; writes only with --results)
     python -m bench --results FILE   # write the report elsewhere
