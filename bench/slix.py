@@ -79,7 +79,7 @@ class SlixProbe(ProbeRecords):
                     self.jid(data.xml.get("to", "")))
             original(data, *args, **kwargs)
 
-        xmpp.send = send
+        xmpp.send = send  # type: ignore[method-assign]
 
     def _inbound(self, stanza: Any) -> Any:
         xml = stanza.xml
@@ -135,7 +135,7 @@ def hook_send_times(xmpp: slixmpp.ClientXMPP, times: SendTimes) -> SendTimes:
                 times.joins.setdefault(room, []).append(time.monotonic())
         original(data, *args, **kwargs)
 
-    xmpp.send = send
+    xmpp.send = send  # type: ignore[method-assign]
     return times
 
 
@@ -178,6 +178,11 @@ class SlixClient:
             await asyncio.wait_for(self.xmpp.disconnect(wait=1.0), 5)
         except (asyncio.TimeoutError, ConnectionError):
             self.xmpp.abort()
+        # slixmpp cancels its send-queue task only in __del__, which a
+        # reference cycle delays until asyncio reports it destroyed pending
+        sending = getattr(self.xmpp, "_run_out_filters", None)
+        if sending is not None:
+            sending.cancel()
 
 
 class RejoinLoop:
