@@ -5,13 +5,11 @@ The slixmpp side of the example bots: the client, its guard, connecting, stoppin
 is what it needs of slixmpp (:class:`common.Frontend`). The guard is the
 ``muc_guard`` plugin (:mod:`muc_guard.slixmpp`).
 
-Unlike aioxmpp, slixmpp does not reconnect after a lost connection (a
-server restart, a network cut): the application does. :class:`BotClient`
-does, a second after every loss, until :meth:`BotClient.close`; slixmpp's
-own connection attempts then retry with their backoff while the server is
-unreachable. The guard rejoins every room on the new session. And as
-aioxmpp does, a client that has never had a session gives up after a few
-failed attempts (a wrong address should not look like a slow server).
+slixmpp does not reconnect after a lost connection (a server restart, a
+network cut); the plugin does (pconfig ``reconnect``, on by default, with
+jittered backoff), and rejoins every room on the new session. As aioxmpp
+does, a client that has never had a session gives up after a few failed
+attempts (a wrong address should not look like a slow server).
 """
 
 from __future__ import annotations
@@ -34,8 +32,6 @@ logger = logging.getLogger("muc_guard.examples.slixmpp")
 
 __all__ = ["FRONTEND", "BotClient"]
 
-#: seconds between a lost connection and the next connect(), as aioxmpp waits
-RECONNECT_DELAY = 1.0
 #: rounds over every address that may fail before the first session: slixmpp
 #: waits 3 s before the second; aioxmpp gives up after 4 attempts in about 4 s
 INITIAL_ROUNDS = 2
@@ -49,7 +45,7 @@ class AuthenticationFailed(Exception):
 
 
 class BotClient(slixmpp.ClientXMPP):
-    """A ClientXMPP that connects as a production bot does, and stays connected.
+    """A ClientXMPP that connects as a production bot does.
 
     The certificate is always verified: against the system's CAs (and
     ``SSL_CERT_FILE``), plus `ca_file`. With `server` it connects to exactly
@@ -73,29 +69,22 @@ class BotClient(slixmpp.ClientXMPP):
         #: the reason connecting is hopeless (a refused login or certificate)
         self.failure: BaseException | None = None
         self.on_failure: Callable[[BaseException], None] = lambda exc: None
-        self._closing = False
-        self._reconnect: asyncio.TimerHandle | None = None
         self._had_session = False
         self._failed_rounds = 0
         self._last_error: Any = None
         self.add_event_handler("session_start", self._session_start)
         self.add_event_handler("connection_failed", self._attempt_failed)
         self.add_event_handler("reconnect_delay", self._round_failed)
-        self.add_event_handler("disconnected", self._disconnected)
         self.add_event_handler("failed_all_auth", self._auth_failed)
         self.add_event_handler("ssl_invalid_chain", self._certificate_refused)
 
     def keep_connected(self) -> None:
-        """Connect now, and again after every lost connection, until close()."""
-        self._closing = False
+        """Connect now; the guard reconnects after a lost connection."""
         host, port = self.pinned_address or (None, None)
         self.connect(host=host, port=port)
 
     async def close(self, timeout: float = common.STOP_TIMEOUT) -> None:
-        """End the stream (bounded) and stop reconnecting."""
-        self._closing = True
-        if self._reconnect is not None:
-            self._reconnect.cancel()
+        """End the stream (bounded); the guard shuts down with it."""
         self.cancel_connection_attempt()
         try:
             await asyncio.wait_for(self.disconnect(wait=timeout / 2), timeout)
@@ -119,19 +108,6 @@ class BotClient(slixmpp.ClientXMPP):
             where = ("{}:{}".format(*self.pinned_address) if self.pinned_address
                      else f"XMPP domain {self.boundjid.domain!r}")
             self._fail(ConnectionError(f"failed to connect to {where}: {self._last_error}"))
-
-    def _disconnected(self, _: Any) -> None:
-        if self._closing or self.failure is not None:
-            return
-        loop = asyncio.get_running_loop()
-        if self._reconnect is not None:
-            self._reconnect.cancel()
-        self._reconnect = loop.call_later(RECONNECT_DELAY, self._connect_again)
-
-    def _connect_again(self) -> None:
-        self._reconnect = None
-        if not self._closing and self.failure is None and self.transport is None:
-            self.keep_connected()
 
     def _fail(self, exc: BaseException) -> None:
         self.failure = exc

@@ -4,8 +4,7 @@ For test bots that run as child processes (crashbot.py, exitbot.py) as well
 as in the test process (guardkit.SlixGuardBot): it imports neither pytest
 nor the test harness. The client is the slixmpp example bots' own
 (examples/bots/slixmpp_client.py, :class:`BotClient`): it connects as they
-do and, as they do, reconnects after a lost connection, which slixmpp
-alone does not.
+do; the plugin reconnects it after a lost connection.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ async def test_readme_slixmpp_quick_start_connects_joins_and_rejoins(
     monkeypatch.setenv("BOT_PASSWORD", password)
     monkeypatch.chdir(tmp_path)
     code = readme_python_after("### Quick start on slixmpp")
-    assert code.count("xmpp.connect()") == 2 and "await asyncio.sleep(3600)" in code
+    assert code.count("xmpp.connect()") == 1 and "await asyncio.sleep(3600)" in code
     code = (code.replace('"bot@example.org"', repr(str(jid)))
             .replace('"room@conference.example.org"', repr(str(room_jid)))
             .replace("xmpp.connect()", f"xmpp.connect({prosody.host!r}, {prosody.port})")
