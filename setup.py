@@ -10,7 +10,7 @@ VERSION = re.search(r'__version__ = "([^"]+)"',
 setup(
     name="muc_guard",
     version=VERSION,
-    description="Keep aioxmpp clients really inside their XEP-0045 MUC rooms: "
+    description="Keep aioxmpp and slixmpp clients really inside their XEP-0045 MUC rooms: "
                 "drop detection, self-ping, automatic rejoin, persistent state.",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
