@@ -5,6 +5,11 @@ throw-away CA (``test_ca``, muc_guard.testing.certs). The client trusts that CA
 the way a user would (``SSL_CERT_FILE``, or an SSL context that loads it) and
 never switches verification off. aioxmpp 0.13.3's own check crashes on every
 such connection on current Python and pyOpenSSL; muc_guard.tls repairs it.
+
+The quick start runs on both front-ends; the refused-certificate tests are
+aioxmpp's (they check muc_guard.tls, its repair of aioxmpp's check: slixmpp
+verifies with the ssl module alone). The guard's scenarios over verified TLS
+(``over_both`` in test_guard.py) run on both front-ends.
 """
 
 from __future__ import annotations
@@ -51,6 +56,44 @@ async def test_readme_quick_start_connects_joins_and_rejoins(prosody, account, r
     finally:
         await guard.shutdown()
         await stop_client(client)
+
+
+@over_verified_tls
+async def test_slixmpp_quick_start_connects_joins_and_rejoins(prosody, account, room_jid,
+                                                              monkeypatch):
+    """The same over slixmpp: muc_guard.slixmpp's quick start, the private CA
+    trusted through SSL_CERT_FILE (read when the client makes its SSL
+    context); STARTTLS, as the server requires; join, a 110+333 kick, rejoin."""
+    slixmpp = pytest.importorskip("slixmpp")
+    import muc_guard.slixmpp
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(prosody.tls.ca_file))
+    jid, password = account("quick")
+    xmpp = slixmpp.ClientXMPP(str(jid), password)
+    xmpp.enable_direct_tls = False        # the port speaks STARTTLS
+    xmpp.register_plugin("muc_guard", module=muc_guard.slixmpp)
+    guard = xmpp.plugin["muc_guard"]
+    started: asyncio.Future = asyncio.get_running_loop().create_future()
+    rejoined: asyncio.Queue = asyncio.Queue()
+    xmpp.add_event_handler("session_start", lambda _: started.done() or started.set_result(True))
+    xmpp.add_event_handler("muc_guard_rejoined", rejoined.put_nowait)
+    try:
+        xmpp.connect(host=prosody.host, port=prosody.port)
+        await asyncio.wait_for(started, 15)
+        tls = xmpp.transport.get_extra_info("ssl_object")
+        assert tls is not None and tls.getpeercert()["subject"]    # verified TLS
+        assert await guard.join(str(room_jid), "bot") == "bot"
+        await prosody.kick_with_codes(room_jid, "bot", [333])
+        again = await asyncio.wait_for(rejoined.get(), 10)
+        assert (str(again["room"]), again["nick"]) == (str(room_jid), "bot")
+        assert await eventually(lambda: occupant_nicks_of(prosody, room_jid, jid))
+        assert guard.room_info(str(room_jid)).drops == 1
+    finally:
+        await guard.shutdown()
+        try:
+            await asyncio.wait_for(xmpp.disconnect(wait=1.0), 5)
+        except (asyncio.TimeoutError, ConnectionError):
+            xmpp.abort()
 
 
 def _refused_certificate(kind: str, trusted: TestCA, tmp_path):
