@@ -253,6 +253,13 @@ async def test_members_only_322_gives_up(prosody, bot, room_jid):
     await _gave_up(prosody, bot, room_jid, Cause.MEMBERS_ONLY)
 
 
+async def test_membership_revoked_321_gives_up(prosody, bot, room_jid):
+    await prosody.create_room(room_jid)   # so the bot joins unaffiliated, not as owner
+    await bot.join(room_jid, "bot")
+    await prosody.revoke_membership(room_jid, bot.jid)
+    await _gave_up(prosody, bot, room_jid, Cause.AFFILIATION)
+
+
 async def test_own_leave_fires_nothing_and_never_rejoins(prosody, bot, room_jid):
     await bot.join(room_jid, "bot")
     await bot.leave(room_jid)
