@@ -102,10 +102,12 @@ the driver's filter but not swallowed: dropping a stanza before
 :mod:`muc_guard.aioxmpp.clock`.
 
 **Status** (issue #14, work in progress). Tested: tests/unit/test_slixmpp.py
-(a never-connected client fed literal stanzas) and
-tests/integration/test_slixmpp.py (Prosody: join, a 110+333 kick and the
-rejoin, every message once across a kick from history and from a XEP-0313
-archive, a cut connection resumed by XEP-0198, a cut without resumption).
+(a never-connected client fed literal stanzas); the integration scenarios of
+tests/integration/test_guard.py, test_continuity.py, test_ejabberd.py and
+test_tls.py run on both front-ends (Prosody and ejabberd: signalled drops,
+give-ups, silent drops, 210, 409, restarts from the store, a server killed,
+XEP-0198 resumption, continuity from history and from archives, verified
+TLS), and tests/integration/test_slixmpp.py has what is slixmpp's own.
 Not done yet:
 
 * reconnecting the client itself. aioxmpp reconnects on its own (muc_guard

@@ -70,6 +70,12 @@ class GuardedBot:
     def bodies(self) -> list[str]:
         return [body for body, _, _ in self.messages]
 
+    @property
+    def settings(self) -> Any:
+        """The running guard's muc_guard.core.settings.Settings (both
+        front-ends keep it at guard._guard.settings)."""
+        return self.guard._guard.settings
+
     def violations(self) -> list[str]:
         """Broken invariants of the guard's rooms (muc_guard.core.invariants)."""
         return self.guard._guard.violations()
