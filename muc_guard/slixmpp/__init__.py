@@ -116,24 +116,27 @@ the driver's filter but not swallowed: dropping a stanza before
 **Clocks** (:mod:`.clock`): each MUC service's offset by XEP-0202, as in
 :mod:`muc_guard.aioxmpp.clock`.
 
-**Status** (issue #14, work in progress). Tested: tests/unit/test_slixmpp.py
-(a never-connected client fed literal stanzas), tests/unit/test_slixmpp_
-connection.py (reconnecting, the user's ``disconnect()``, raising handlers of
-every ``muc_guard_*`` event, a ``main()`` that ends without shutdown,
-``stable_resource``) and tests/integration/test_slixmpp.py (Prosody: join, a
-110+333 kick and the rejoin, every message once across a kick from history
-and from a XEP-0313 archive, a cut connection resumed by XEP-0198 and one
-without resumption, the server killed or stopped and restarted with the
-plugin reconnecting, the user's ``disconnect()``). The ``muc-guard``
-command runs without aioxmpp (tests/unit/test_cli.py). Not done yet:
+**Status and tests** (issue #14). tests/unit/test_slixmpp.py (a
+never-connected client fed literal stanzas) and test_slixmpp_connection.py
+(reconnecting, the user's ``disconnect()``, raising handlers of every
+``muc_guard_*`` event, a ``main()`` that ends without shutdown,
+``stable_resource``); the integration scenarios of
+tests/integration/test_guard.py, test_continuity.py, test_ejabberd.py,
+test_tls.py, test_examples.py, test_demo.py, test_exit.py and the fault
+suite's crash loops run on both front-ends (Prosody and ejabberd: signalled
+drops, give-ups, silent drops, 210, 409, restarts from the store, a server
+killed, XEP-0198 resumption, continuity from history and from archives,
+verified TLS); tests/integration/test_slixmpp.py has what is slixmpp's own
+(its room tables, the plugin reconnecting after a server restart, the user's
+``disconnect()``); test_install.py installs ``muc_guard[slixmpp]`` with
+plain pip on every Python. The ``muc-guard`` command runs without aioxmpp
+(tests/unit/test_cli.py).
 
-* the timer, task and waiter plumbing of :mod:`.runner` is a copy of
-  :mod:`muc_guard.aioxmpp.runner`'s (no decisions: handles and futures),
-  worth sharing once both front-ends settle;
-* after the user's ``disconnect()`` the guard stays shut down: a later
-  ``connect()`` of the same client is not guarded (a warning says so at its
-  session start). To reconnect on purpose, ``xmpp.reconnect()`` only pauses
-  the guard.
+Known limits: after the user's ``disconnect()`` the guard stays shut down: a
+later ``connect()`` of the same client is not guarded (a warning says so at
+its session start); to reconnect on purpose, ``xmpp.reconnect()`` only
+pauses the guard. A third-party library that calls ``disconnect()`` on the
+client counts as the user.
 """
 
 from slixmpp.plugins.base import register_plugin

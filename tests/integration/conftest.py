@@ -7,8 +7,14 @@ summary."""
 from __future__ import annotations
 
 import statistics
+from typing import Any, AsyncIterator, Callable
 
 import pytest
+
+from guardkit import Bot, GuardedBot
+
+#: the front-ends a parametrised scenario runs on
+FRONTENDS = ["aioxmpp", "slixmpp"]
 
 _figures: dict[str, list[float]] = {}
 _reports: list[str] = []
@@ -46,6 +52,42 @@ def pytest_testnodedown(node, error):
     for name, values in output.get("muc_guard_figures", {}).items():
         _figures.setdefault(name, []).extend(values)
     _reports.extend(output.get("muc_guard_reports", []))
+
+
+@pytest.fixture(params=FRONTENDS)
+def frontend(request: pytest.FixtureRequest) -> str:
+    """Which front-end the test's bots use: the test runs once for each."""
+    return request.param
+
+
+@pytest.fixture
+async def make_bot(request: pytest.FixtureRequest, frontend: str,
+                   make_client: Any) -> AsyncIterator[Callable[..., GuardedBot]]:
+    """``make_bot(jid, password, server=None, resource="bot")`` -> an unstarted
+    bot of the test's front-end (``await bot.start()``), on the shared Prosody
+    unless `server` is given (over verified TLS when that server has TLS).
+    Every bot is closed at teardown."""
+    bots: list[GuardedBot] = []
+
+    def factory(jid: Any, password: str, server: Any = None,
+                resource: str | None = "bot") -> GuardedBot:
+        if frontend == "aioxmpp":
+            bot: GuardedBot = Bot(make_client, jid, password, server=server, resource=resource)
+        else:
+            from frontends import SlixBot
+            bot = SlixBot(server or request.getfixturevalue("_shared_prosody"), jid, password,
+                          resource=resource)
+        bots.append(bot)
+        return bot
+
+    try:
+        yield factory
+    finally:
+        for bot in reversed(bots):
+            try:
+                await bot.close()
+            except Exception:
+                pass
 
 
 def pytest_terminal_summary(terminalreporter):

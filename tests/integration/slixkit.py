@@ -1,8 +1,7 @@
 """A slixmpp client with the muc_guard plugin, pinned to a test server.
 
-For test bots that run as child processes (crashbot.py, exitbot.py) as well
-as in the test process (guardkit.SlixGuardBot): it imports neither pytest
-nor the test harness. The client is the slixmpp example bots' own
+For test bots that run as child processes (crashbot.py, exitbot.py): it
+imports neither pytest nor the test harness. The client is the slixmpp example bots' own
 (examples/bots/slixmpp_client.py, :class:`BotClient`): it connects as they
 do; the plugin reconnects it after a lost connection.
 """

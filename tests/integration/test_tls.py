@@ -5,6 +5,11 @@ throw-away CA (``test_ca``, muc_guard.testing.certs). The client trusts that CA
 the way a user would (``SSL_CERT_FILE``, or an SSL context that loads it) and
 never switches verification off. aioxmpp 0.13.3's own check crashes on every
 such connection on current Python and pyOpenSSL; muc_guard.tls repairs it.
+
+The quick start runs on both front-ends; the refused-certificate tests are
+aioxmpp's (they check muc_guard.tls, its repair of aioxmpp's check: slixmpp
+verifies with the ssl module alone). The guard's scenarios over verified TLS
+(``over_both`` in test_guard.py) run on both front-ends.
 """
 
 from __future__ import annotations
@@ -142,6 +147,8 @@ async def test_readme_slixmpp_quick_start_connects_joins_and_rejoins(
     async def meanwhile(xmpp, guard) -> None:
         assert await occupant_nicks_of(prosody, room_jid, jid) == ["bot"]
         assert xmpp.is_connected() and xmpp.socket.version().startswith("TLS")
+        # a peer certificate with its fields is only there when it was verified
+        assert xmpp.socket.getpeercert()["subject"]
         rejoined = asyncio.Event()
         xmpp.add_event_handler("muc_guard_rejoined", lambda _: rejoined.set())
         await prosody.kick_with_codes(room_jid, "bot", [333])

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-slixmpp = pytest.importorskip("slixmpp")
+import slixmpp  # noqa: E402
 
 import muc_guard.slixmpp  # noqa: E402
 from muc_guard import Cause, State  # noqa: E402
@@ -368,7 +368,7 @@ async def test_a_store_written_here_opens_in_the_aioxmpp_front_end(tmp_path):
         await h.joined()
     finally:
         await h.guard.shutdown()
-    aioxmpp = pytest.importorskip("aioxmpp")
+    import aioxmpp
     store = await Store.open(path)      # the aioxmpp front-end's reading
     try:
         (rec,) = await store.load_rooms("bot@localhost")
@@ -440,7 +440,7 @@ async def test_a_rejoin_recovers_from_the_archive(h):
 
 
 async def test_a_store_written_by_the_aioxmpp_front_end_opens_here(tmp_path):
-    aioxmpp = pytest.importorskip("aioxmpp")
+    import aioxmpp
     from muc_guard.core.record import RoomRecord
     path = tmp_path / "bot.db"
     store = await Store.open(path)

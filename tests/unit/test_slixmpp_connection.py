@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-slixmpp = pytest.importorskip("slixmpp")
+import slixmpp  # noqa: E402
 
 import muc_guard.slixmpp  # noqa: E402
 from muc_guard import State  # noqa: E402
