@@ -83,10 +83,6 @@ class SlixBot(GuardedBot):
         await asyncio.wait_for(self._started.wait(), 15)
         return self
 
-    async def stop(self) -> None:
-        self.check_invariants()
-        await self.close()
-
     async def close(self) -> None:
         """Shut the guard down and end the stream (idempotent; no checks)."""
         await self.guard.shutdown()

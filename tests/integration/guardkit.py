@@ -80,6 +80,14 @@ class GuardedBot:
         front-ends keep it at guard._guard.settings)."""
         return self.guard._guard.settings
 
+    async def stop(self) -> None:
+        """Check the guard's invariants, then close (see :meth:`close`)."""
+        self.check_invariants()
+        await self.close()
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
     def violations(self) -> list[str]:
         """Broken invariants of the guard's rooms (muc_guard.core.invariants)."""
         return self.guard._guard.violations()
@@ -169,10 +177,6 @@ class Bot(GuardedBot):
     async def start(self) -> "Bot":
         await connected(self.client)
         return self
-
-    async def stop(self) -> None:
-        self.check_invariants()
-        await self.close()
 
     async def close(self) -> None:
         """Shut the guard down and stop the client (idempotent; no checks)."""
