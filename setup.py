@@ -10,7 +10,7 @@ VERSION = re.search(r'__version__ = "([^"]+)"',
 setup(
     name="muc_guard",
     version=VERSION,
-    description="Keep aioxmpp clients really inside their XEP-0045 MUC rooms: "
+    description="Keep aioxmpp and slixmpp clients really inside their XEP-0045 MUC rooms: "
                 "drop detection, self-ping, automatic rejoin, persistent state.",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -21,8 +21,10 @@ setup(
     python_requires=">=3.11",
     install_requires=[
         # On Python 3.13 aioxmpp's lxml~=4.0 pin cannot build: see README,
-        # "Installing on Python 3.13".
-        "aioxmpp>=0.13,<0.14",
+        # "Installing on Python 3.13". Not required there, so that
+        # muc_guard[slixmpp] installs cleanly on 3.11-3.13; `import muc_guard`
+        # and muc_guard.slixmpp need no aioxmpp (muc_guard.MUCGuard does).
+        'aioxmpp>=0.13,<0.14; python_version < "3.13"',
         "aiosqlite>=0.20",
         "pytz",            # imported by aioxmpp, not declared by it
         # muc_guard.tls: the certificate name check aioxmpp 0.13 can no longer do
@@ -32,10 +34,15 @@ setup(
     ],
     entry_points={"console_scripts": ["muc-guard = muc_guard.cli:main"]},
     extras_require={
+        # the slixmpp front-end (muc_guard.slixmpp, issue #14); 1.17 is the
+        # release it was written and tested against
+        "slixmpp": ["slixmpp>=1.17"],
         "test": [
             "pytest>=8",
             "pytest-asyncio>=1.0",
             "hypothesis>=6",
+            # scripts/run-tests spreads the suite over workers: it mostly waits
+            "pytest-xdist>=3.5",
             "trustme>=1.1",    # muc_guard.testing.certs: the tests' private CA
             "time-machine>=2.10",   # the bot's clock shifted against the server's
             # scripts/run-tests lints and type checks (settings: pyproject.toml);

@@ -14,7 +14,8 @@ closes, so it never outlives the benchmark.
 Modes: ``guard`` (aioxmpp + muc_guard.MUCGuard; rooms from its store or
 joined with ``guard.join``) and ``plain`` (aioxmpp's MUCClient alone, rooms
 joined with a bounded number of joins in flight). Nothing but aioxmpp is
-imported in plain mode, so its start-up is a fair baseline.
+imported in plain mode, so its start-up is a fair baseline. ``slix-guard``
+and ``slix-plain`` are the same for slixmpp (``bench.botproc_slix``).
 
 Config keys: mode, host, port, password, muc_domain, jid, resource, nick,
 room_prefix, room_count, join ("store" | "join"), store, ping_idle,
@@ -31,15 +32,11 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import logging  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 from datetime import timedelta  # noqa: E402
 from typing import Any  # noqa: E402
 
-
-def emit(event: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"ev": event, **fields}) + "\n")
-    sys.stdout.flush()
+from bench.child import PingLedger, emit, join_all, joined_then_serve  # noqa: E402
 
 
 def tune_aioxmpp_self_ping(room: Any, idle: float, ping_timeout: float) -> None:
@@ -52,28 +49,15 @@ def tune_aioxmpp_self_ping(room: Any, idle: float, ping_timeout: float) -> None:
     room.muc_hard_timeout = timedelta(seconds=idle + ping_timeout)
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 class Probe:
-    """Counts self-pings and checks each against the room's last stanza
-    (same as bench.common.Probe, without importing muc_guard)."""
+    """Feeds a PingLedger from an aioxmpp client (as bench.common.Probe
+    does, without importing muc_guard)."""
 
-    def __init__(self, client: Any, ping_idle: float | None, rooms: dict[Any, int]) -> None:
+    def __init__(self, client: Any, ledger: PingLedger) -> None:
         import aioxmpp
         import aioxmpp.ping
 
-        self.rooms = rooms
-        self.ping_idle = ping_idle
-        self.last_rx: dict[Any, float] = {}
-        self.sent: list[float] = []
-        self.sent_room: list[int] = []
-        self.rtt: list[float] = []
-        self.violations = 0
-        self.min_silence: float | None = None
-        self.answered = 0
+        self.ledger = ledger
         stream = client.stream
         stream.app_inbound_presence_filter.register(self._rx, -1000)
         stream.app_inbound_message_filter.register(self._rx, -1000)
@@ -83,30 +67,21 @@ class Probe:
             if not (isinstance(stanza, aioxmpp.IQ)
                     and isinstance(stanza.payload, aioxmpp.ping.Ping)):
                 return await original(stanza, *args, **kwargs)
-            now = time.monotonic()
             room = stanza.to.bare()
-            last = self.last_rx.get(room)
-            if last is not None:
-                silence = now - last
-                if self.min_silence is None or silence < self.min_silence:
-                    self.min_silence = silence
-                if self.ping_idle is not None and silence < self.ping_idle:
-                    self.violations += 1
-            self.sent.append(now)
-            self.sent_room.append(self.rooms.get(room, -1))
+            sent = ledger.ping_sent(room)
+            ok = False
             try:
                 result = await original(stanza, *args, **kwargs)
-                self.last_rx[room] = time.monotonic()   # the answer is a stanza from the room
+                ok = True
                 return result
             finally:
-                self.answered += 1
-                self.rtt.append(time.monotonic() - now)
+                ledger.ping_answered(room, sent, ok)
 
         client.send = send
 
     def _rx(self, stanza: Any) -> Any:
         if stanza.from_ is not None:
-            self.last_rx[stanza.from_.bare()] = time.monotonic()
+            self.ledger.heard(stanza.from_.bare())
         return stanza
 
 
@@ -153,7 +128,9 @@ async def main(config: dict[str, Any]) -> None:
         nonlocal messages
         messages += 1
 
-    probe = Probe(client, config.get("ping_idle"), index) if config.get("probe") else None
+    ledger = PingLedger(config.get("ping_idle"), index) if config.get("probe") else None
+    if ledger is not None:
+        Probe(client, ledger)
     guard = None
     if guard_mode:
         guard = client.summon(muc_guard.MUCGuard)
@@ -196,52 +173,23 @@ async def main(config: dict[str, Any]) -> None:
             pass
         joined = rejoined
     elif guard_mode:
-        results = await asyncio.wait_for(
-            asyncio.gather(*(guard.join(j, nick) for j in jids), return_exceptions=True),
-            join_wait)
-        joined = sum(1 for r in results if not isinstance(r, BaseException))
+        joined = await join_all((guard.join(j, nick) for j in jids), join_wait)
     else:
         sem = asyncio.Semaphore(int(config.get("concurrency", 32)))
 
         idle = config.get("ping_idle")
         ping_timeout = float(config.get("ping_timeout") or 30.0)
 
-        async def join_one(room_jid: Any) -> bool:
+        async def join_one(room_jid: Any) -> None:
             async with sem:
                 room, fut = muc.join(room_jid, nick)
                 room.on_message.connect(on_message)
                 if idle is not None:
                     tune_aioxmpp_self_ping(room, idle, ping_timeout)
                 await fut
-                return True
 
-        results = await asyncio.wait_for(
-            asyncio.gather(*(join_one(j) for j in jids), return_exceptions=True), join_wait)
-        joined = sum(1 for r in results if r is True)
-    times["t_joined"] = time.monotonic()
-    emit("joined", n=joined, complete=joined == len(jids), cpu=cpu_seconds(), **times)
-
-    # commands
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        cmd = json.loads(line).get("cmd")
-        if cmd == "mark":
-            store = getattr(getattr(guard, "_guard", None), "store", None)
-            emit("mark", t=time.monotonic(), cpu=cpu_seconds(), msgs=messages,
-                 pings=len(probe.sent) if probe else None,
-                 answered=probe.answered if probe else None,
-                 violations=probe.violations if probe else None,
-                 min_silence=probe.min_silence if probe else None,
-                 tx=store.transactions if store is not None else None)
-        elif cmd == "pings":
-            emit("pings", sent=probe.sent if probe else [],
-                 rooms=probe.sent_room if probe else [], rtt=probe.rtt if probe else [])
-        elif cmd == "stop":
-            break
+        joined = await join_all((join_one(j) for j in jids), join_wait)
+    await joined_then_serve(joined, len(jids), times, guard, lambda: messages, ledger)
     if guard is not None:
         await asyncio.wait_for(guard.shutdown(), 30.0)
     stopped = loop.create_future()
@@ -267,7 +215,12 @@ if __name__ == "__main__":
         profiler = cProfile.Profile()
         profiler.enable()
     try:
-        asyncio.run(main(json.loads(sys.argv[1])))
+        bot_config = json.loads(sys.argv[1])
+        if str(bot_config.get("mode", "")).startswith("slix-"):
+            from bench.botproc_slix import main as slix_main
+            asyncio.run(slix_main(bot_config, T_START))
+        else:
+            asyncio.run(main(bot_config))
     except Exception as exc:  # report, then fail
         logging.exception("bot failed")
         emit("error", error=f"{type(exc).__name__}: {exc}")

@@ -194,15 +194,13 @@ def _die_with_parent() -> None:  # in the child, between fork and exec
 # --- probes ------------------------------------------------------------------------------
 
 
-class Probe:
-    """Timestamps what one client receives from rooms and the self-pings it
-    sends. Installed in front of everything else (an inbound filter that
-    runs before muc_guard's, and a wrapper around ``client.send``)."""
+class ProbeRecords:
+    """What a probe records, whatever the client library: the time of each
+    room's last stanza, our own self-presences, and every self-ping sent.
+    Rooms are keyed by their bare aioxmpp JID for every client, so that the
+    scenarios measure both front-ends with the same code."""
 
-    ORDER = -1000   # aioxmpp runs filters in ascending order; muc_guard uses 0
-
-    def __init__(self, client: aioxmpp.Client, ping_idle: float | None = None) -> None:
-        self.client = client
+    def __init__(self) -> None:
         #: bare room JID -> monotonic time of its last stanza (a ping result included)
         self.last_rx: dict[aioxmpp.JID, float] = {}
         #: (to, sent, answered or None, error condition or None, silence before it)
@@ -211,6 +209,35 @@ class Probe:
         self.self_unavailable: dict[aioxmpp.JID, float] = {}
         #: bare room JID -> time of our own last available self-presence (110)
         self.self_available: dict[aioxmpp.JID, float] = {}
+
+    def ping_sent(self, to: aioxmpp.JID) -> "PingRecord":
+        """Record a self-ping to occupant JID `to`, sent now."""
+        now = time.monotonic()
+        last = self.last_rx.get(to.bare())
+        record = PingRecord(to, now, silence=None if last is None else now - last)
+        self.pings.append(record)
+        return record
+
+    def self_presence(self, room: aioxmpp.JID, available: bool, now: float) -> None:
+        (self.self_available if available else self.self_unavailable)[room] = now
+
+    def last_ping_to(self, room: aioxmpp.JID, before: float) -> "PingRecord | None":
+        for record in reversed(self.pings):
+            if record.to is not None and record.to.bare() == room and record.sent <= before:
+                return record
+        return None
+
+
+class Probe(ProbeRecords):
+    """Timestamps what one aioxmpp client receives from rooms and the
+    self-pings it sends. Installed in front of everything else (an inbound
+    filter that runs before muc_guard's, and a wrapper around ``client.send``)."""
+
+    ORDER = -1000   # aioxmpp runs filters in ascending order; muc_guard uses 0
+
+    def __init__(self, client: aioxmpp.Client, ping_idle: float | None = None) -> None:
+        super().__init__()
+        self.client = client
         self.ping_idle = ping_idle
         stream = client.stream
         stream.app_inbound_presence_filter.register(self._presence, self.ORDER)
@@ -218,19 +245,15 @@ class Probe:
         original = client.send
 
         async def send(stanza: Any, *args: Any, **kwargs: Any) -> Any:
-            if not (isinstance(stanza, aioxmpp.IQ)
+            if not (isinstance(stanza, aioxmpp.IQ) and stanza.to is not None
                     and isinstance(stanza.payload, aioxmpp.ping.Ping)):
                 return await original(stanza, *args, **kwargs)
-            room = stanza.to.bare() if stanza.to is not None else None
-            now = time.monotonic()
-            last = self.last_rx.get(room) if room is not None else None
-            record = PingRecord(stanza.to, now, silence=None if last is None else now - last)
-            self.pings.append(record)
+            room = stanza.to.bare()
+            record = self.ping_sent(stanza.to)
             try:
                 result = await original(stanza, *args, **kwargs)
                 # A ping answered from our occupant JID is a stanza from the room.
-                if room is not None:
-                    self.last_rx[room] = time.monotonic()
+                self.last_rx[room] = time.monotonic()
                 return result
             except aioxmpp.errors.XMPPError as exc:
                 record.condition = str(getattr(exc.condition, "value", ("", "?"))[1])
@@ -250,23 +273,16 @@ class Probe:
             bare = sender.bare()
             self.last_rx[bare] = now
             muc_user = stanza.xep0045_muc_user
-            if muc_user is not None and 110 in {int(c) for c in muc_user.status_codes}:
-                if stanza.type_ == aioxmpp.PresenceType.UNAVAILABLE:
-                    self.self_unavailable[bare] = now
-                elif stanza.type_ == aioxmpp.PresenceType.AVAILABLE:
-                    self.self_available[bare] = now
+            if (muc_user is not None and 110 in {int(c) for c in muc_user.status_codes}
+                    and stanza.type_ in (aioxmpp.PresenceType.UNAVAILABLE,
+                                         aioxmpp.PresenceType.AVAILABLE)):
+                self.self_presence(bare, stanza.type_ == aioxmpp.PresenceType.AVAILABLE, now)
         return stanza
 
     def _message(self, message: aioxmpp.Message) -> aioxmpp.Message:
         if message.from_ is not None:
             self.last_rx[message.from_.bare()] = time.monotonic()
         return message
-
-    def last_ping_to(self, room: aioxmpp.JID, before: float) -> "PingRecord | None":
-        for record in reversed(self.pings):
-            if record.to is not None and record.to.bare() == room and record.sent <= before:
-                return record
-        return None
 
 
 @dataclasses.dataclass
@@ -283,6 +299,22 @@ class PingRecord:
         return None if self.answered is None else self.answered - self.sent
 
 
+class SendTimes:
+    """Timestamps of what a client puts in its send queue: every self-ping,
+    and each join presence (by bare room JID). Filled by a hook on the
+    client's send path (one per client library)."""
+
+    def __init__(self) -> None:
+        self.pings: list[float] = []
+        self.joins: dict[aioxmpp.JID, list[float]] = {}
+
+    def join_after(self, room: aioxmpp.JID, after: float) -> float | None:
+        return next((t for t in self.joins.get(room, ()) if t >= after), None)
+
+    def pings_between(self, start: float, end: float) -> int:
+        return sum(1 for t in self.pings if start <= t < end)
+
+
 class Events:
     """Timestamps of (kind, room) events, with bounded waits for them.
 
@@ -292,9 +324,14 @@ class Events:
     def __init__(self) -> None:
         self.log: list[tuple[float, str, aioxmpp.JID]] = []
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[bool]]] = []
+        #: called with (time, kind, room) as each event is added, before the waits
+        self.observers: list[Callable[[float, str, aioxmpp.JID], None]] = []
 
     def add(self, kind: str, room: aioxmpp.JID) -> None:
-        self.log.append((time.monotonic(), kind, room))
+        now = time.monotonic()
+        self.log.append((now, kind, room))
+        for observe in self.observers:
+            observe(now, kind, room)
         for predicate, fut in self._waiters:
             if not fut.done() and predicate():
                 fut.set_result(True)
@@ -327,6 +364,21 @@ class Events:
         if not await self.wait(lambda: bool(self.times(kind, room, after)), timeout):
             return None
         return self.times(kind, room, after)[0]
+
+
+async def kick_and_wait(ctx: "Context", probe: ProbeRecords, events: Events,
+                        room: aioxmpp.JID, nick: str = "bot", timeout: float = 10.0
+                        ) -> tuple[float, float, float] | None:
+    """110+333 for `nick` in `room`; (when the admin call was made, when the
+    client received the 110+333, when its ``rejoined`` event came), or None
+    if either of the last two is missing."""
+    t_admin = time.monotonic()
+    await ctx.server.kick_with_codes(room, nick, [333], "bench")
+    t_rejoined = await events.first("rejoined", room, after=t_admin, timeout=timeout)
+    t_rx = probe.self_unavailable.get(room)
+    if t_rejoined is None or t_rx is None or t_rx < t_admin:
+        return None
+    return t_admin, t_rx, t_rejoined
 
 
 # --- the context every scenario gets ------------------------------------------------------
@@ -389,15 +441,23 @@ SMOKE = Sizes(
 )
 
 
+#: the client libraries muc_guard has a front-end for
+FRONTENDS = ("aioxmpp", "slixmpp")
+
+
 class Context:
     """The private server plus helpers; one per benchmark run."""
 
     def __init__(self, server: ProsodyServer, sizes: Sizes, workdir: pathlib.Path,
-                 smoke: bool) -> None:
+                 smoke: bool, frontends: Sequence[str] = FRONTENDS) -> None:
         self.server = server
         self.sizes = sizes
         self.workdir = workdir
         self.smoke = smoke
+        #: the front-ends scenarios 1, 2, 3, 5 and 9 measure, in this order
+        self.frontends = tuple(frontends)
+        #: stop functions of clients that are not aioxmpp's (slixmpp's)
+        self._closers: list[Callable[[], Any]] = []
         self.muc_domain = server.muc_domain
         self._serial = 0
         self._clients: list[aioxmpp.Client] = []
@@ -455,17 +515,6 @@ class Context:
         self._clients.append(client)
         return client
 
-    async def watched_guard(self, prefix: str, ping_idle: float,
-                            ping_timeout: float) -> tuple[aioxmpp.Client, "Probe", Any]:
-        """A fresh account's client with a Probe and a guard set to these
-        self-ping intervals (not connected yet)."""
-        client = self.client(await self.account(prefix), "bench")
-        probe = Probe(client)
-        guard = self.guard(client)
-        guard.ping_idle = ping_idle
-        guard.ping_timeout = ping_timeout
-        return client, probe, guard
-
     def guard(self, client: aioxmpp.Client) -> Any:
         """Summon muc_guard.MUCGuard on `client` (shut down by cleanup())."""
         import muc_guard
@@ -473,6 +522,16 @@ class Context:
         guard = client.summon(muc_guard.MUCGuard)
         self._guards.append(guard)
         return guard
+
+    def sides(self) -> list[Any]:
+        """The front-ends to measure (:mod:`bench.sides`), in run order."""
+        from .sides import side
+
+        return [side(name) for name in self.frontends]
+
+    def on_cleanup(self, stop: Callable[[], Any]) -> None:
+        """Have cleanup() await `stop()` (a coroutine function)."""
+        self._closers.append(stop)
 
     async def connect(self, client: aioxmpp.Client) -> aioxmpp.Client:
         return await connected(client, timeout=30.0)
@@ -512,6 +571,9 @@ class Context:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(guard.shutdown(), 30)
         self._guards.clear()
+        closers, self._closers = self._closers, []
+        await asyncio.gather(*(asyncio.wait_for(stop(), 30) for stop in closers),
+                             return_exceptions=True)
         await asyncio.gather(*(stop_client(c, timeout=5.0) for c in self._clients),
                              return_exceptions=True)
         self._clients.clear()

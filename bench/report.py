@@ -22,6 +22,15 @@ def _cmd(*argv: str) -> str:
         return ""
 
 
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def machine_info(server: Any, args: Any, sizes: Any) -> dict[str, str]:
     import aioxmpp
 
@@ -42,6 +51,8 @@ def machine_info(server: Any, args: Any, sizes: Any) -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "aioxmpp": getattr(aioxmpp, "__version__", "?"),
+        "slixmpp": _version("slixmpp"),
+        "frontends": ", ".join(getattr(args, "frontends", ("aioxmpp",))),
         "prosody": _cmd("dpkg-query", "-W", "prosody").replace("\t", " ") or "?",
         "sqlite": sqlite3.sqlite_version,
         "muc_guard": f"{commit}{' + uncommitted changes in muc_guard/' if dirty else ''}",
@@ -50,6 +61,8 @@ def machine_info(server: Any, args: Any, sizes: Any) -> dict[str, str]:
         "mode": "smoke" if args.smoke else "full",
         "command": "python -m bench" + (" --smoke" if args.smoke else "")
                    + (f" --only {args.only}" if args.only else "")
+                   + (f" --frontend {args.frontend}"
+                      if getattr(args, "frontend", "both") != "both" else "")
                    + (" --nagle" if args.nagle else ""),
     }
 
@@ -120,6 +133,8 @@ def markdown(results: list[ScenarioResult], info: dict[str, str]) -> str:
         f"| kernel | {info['kernel']} |",
         f"| Python | {info['python']} |",
         f"| aioxmpp | {info['aioxmpp']} |",
+        f"| slixmpp | {info.get('slixmpp', '?')} |",
+        f"| front-ends measured (scenarios 1, 2, 3, 5, 9) | {info.get('frontends', '?')} |",
         f"| Prosody (`dpkg-query -W prosody`) | {info['prosody']} |",
         f"| SQLite | {info['sqlite']} |",
         f"| muc_guard | {info['muc_guard']} |",

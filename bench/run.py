@@ -7,11 +7,12 @@ writes ``bench/RESULTS.md`` (a full run) with the machine, the versions, the
 date, every figure (min/median/p95/max and the ratio to its baseline) and
 every target with its verdict.
 
-    python -m bench                  # full run, about a quarter of an hour on 2 cores
+    python -m bench                  # full run, about 20 minutes on 2 cores
     python -m bench --smoke          # tiny sizes, a few seconds (the test suite runs this)
     python -m bench --only 1,7       # some scenarios (prints; writes only with --results)
     python -m bench --results FILE   # write the report elsewhere
     python -m bench --no-write       # print only
+    python -m bench --frontend slixmpp   # scenarios 1, 2, 3, 5, 9: one front-end only
 
 The exit status is 0 when every scenario ran (targets missed included: a
 miss is a result), 1 when a scenario failed to run, 2 for bad usage.
@@ -36,7 +37,14 @@ if __package__ in (None, ""):   # run as a script: bench/run.py
     __package__ = "bench"
 
 from bench import report  # noqa: E402
-from bench.common import SMOKE, Context, ScenarioResult, Sizes, pin_loopback  # noqa: E402
+from bench.common import (  # noqa: E402
+    FRONTENDS,
+    SMOKE,
+    Context,
+    ScenarioResult,
+    Sizes,
+    pin_loopback,
+)
 
 SCENARIOS = {
     1: "bench.s1_signalled",
@@ -67,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--nagle", action="store_true",
                         help="run Prosody with Nagle's algorithm on (default: off, as in its tests)")
+    parser.add_argument("--frontend", choices=("aioxmpp", "slixmpp", "both"), default="both",
+                        help="which front-end scenarios 1, 2, 3, 5 and 9 measure, each against "
+                             "its plain client library (default: both)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -74,6 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.scenarios = sorted({int(x) for x in args.only.split(",") if x.strip()}) or list(SCENARIOS)
     except ValueError:
         parser.error(f"--only takes scenario numbers, not {args.only!r}")
+    args.frontends = FRONTENDS if args.frontend == "both" else (args.frontend,)
     unknown = [n for n in args.scenarios if n not in SCENARIOS]
     if unknown:
         parser.error(f"no such scenario: {unknown} (there are {sorted(SCENARIOS)})")
@@ -101,7 +113,7 @@ async def run_all(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[
     results: list[ScenarioResult] = []
     started = time.monotonic()
     await server.astart()
-    ctx = Context(server, sizes, workdir, args.smoke)
+    ctx = Context(server, sizes, workdir, args.smoke, args.frontends)
     info = report.machine_info(server, args, sizes)
     try:
         for number in args.scenarios:
@@ -141,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.text_table(results))
     target = args.results
-    if target is None and not args.smoke and not args.only and not args.no_write:
+    if (target is None and not args.smoke and not args.only and args.frontend == "both"
+            and not args.no_write):
         target = DEFAULT_RESULTS    # only a full run of every scenario replaces it
     if target is not None and not args.no_write:
         target.write_text(report.markdown(results, info))

@@ -25,6 +25,12 @@ Baseline: aioxmpp alone with its own MUC self-ping set to the same values
 = the guard's ping_timeout, ``muc_hard_timeout`` = both added) and
 ``autorejoin=True``: detection is its monitor's ``on_exited``, the rejoin is
 the ``on_enter`` of the room it cycles.
+
+The slixmpp front-end (``--frontend``) is measured the same way, against
+plain slixmpp: its ``xep_0410`` self-ping (``enable_self_ping``) at the same
+interval and timeout, and the rejoin loop a user writes alone
+(:class:`bench.slix.RejoinLoop`): detection is ``muc_ping_changed`` to
+DISCONNECTED, the rejoin ``join_muc_wait`` returning.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from typing import Any
 
 import aioxmpp
 
-from .botproc import tune_aioxmpp_self_ping
-from .common import Context, Events, Probe, ScenarioResult, fmt
+from .common import Context, Events, ProbeRecords, ScenarioResult, fmt
+from .sides import Member
 
 TITLE = "Silent drop → detected → rejoined (ping_idle = 2 s)"
 
@@ -58,37 +64,41 @@ class Trial:
         self.failed = 0
 
 
-async def _guard_worker(ctx: Context, k: int, rooms: list[aioxmpp.JID], idle: float,
-                        out: Trial, seed: int) -> None:
-    rng = random.Random(seed)
-    client, probe, guard = await ctx.watched_guard("s2g", idle, PING_TIMEOUT)
-    events = Events()
+def _drop_times(member: Member) -> dict[float, float | None]:
+    """Each ``dropped`` event's time -> the room's last stanza before it."""
     last_at_drop: dict[float, float | None] = {}
 
-    def dropped(room_jid: aioxmpp.JID, cause: Any) -> None:
-        events.add("dropped", room_jid)
-        last_at_drop[events.log[-1][0]] = probe.last_rx.get(room_jid)
+    def observe(t: float, kind: str, room: aioxmpp.JID) -> None:
+        if kind == "dropped":
+            last_at_drop[t] = member.probe.last_rx.get(room)
 
-    guard.on_dropped.connect(dropped)
-    guard.on_rejoined.connect(events.listener("rejoined"))
-    await guard.open_store(str(ctx.workdir / f"s2-{k}.db"))
-    await ctx.connect(client)
+    member.events.observers.append(observe)
+    return last_at_drop
+
+
+async def _guard_worker(ctx: Context, side: Any, k: int, rooms: list[aioxmpp.JID], idle: float,
+                        out: Trial, seed: int) -> None:
+    rng = random.Random(seed)
+    member = await side.guard(ctx, f"s2g{side.tag}", ping_idle=idle, ping_timeout=PING_TIMEOUT,
+                              store=str(ctx.workdir / f"s2{side.tag}-{k}.db"))
+    last_at_drop = _drop_times(member)
     await asyncio.sleep(k * idle / max(1, ctx.sizes.s2_bots))   # spread the bots
     for room in rooms:
         # A fresh room per trial: a room that drops us again within
         # backoff_max of its rejoin is flapping, and is rejoined after a
         # pause on purpose; the trials measure independent drops.
-        await asyncio.wait_for(guard.join(room, "bot"), 30)
-        await _trial(ctx, room, idle, rng, events, last_at_drop, probe, out)
-        await guard.leave(room)
+        await asyncio.wait_for(member.join(room, "bot"), 30)
+        await _trial(ctx, room, idle, rng, member.events, last_at_drop, member.probe, out)
+        await member.leave(room)
 
 
 async def _trial(ctx: Context, room: aioxmpp.JID, idle: float, rng: random.Random,
-                 events: Events, last_at_drop: dict[float, float | None], probe: Probe,
+                 events: Events, last_at_drop: dict[float, float | None],
+                 probe: ProbeRecords,
                  out: Trial) -> None:
     """One silent removal of the bot from `room`, measured into `out`.
     `last_at_drop` maps each "dropped" event's time to the last stanza
-    received from the room before it; guard and aioxmpp bots share this."""
+    received from the room before it; guard and plain bots share this."""
     await asyncio.sleep(rng.uniform(0.05, 0.4) * idle)
     t_rm = time.monotonic()
     await ctx.server.silent_remove(room, "bot")
@@ -105,82 +115,81 @@ async def _trial(ctx: Context, room: aioxmpp.JID, idle: float, rng: random.Rando
     out.rejoin.append(t_r - t_d)
 
 
-async def _aioxmpp_worker(ctx: Context, k: int, room: aioxmpp.JID, trials: int, idle: float,
-                          out: Trial, seed: int) -> None:
+async def _alone_worker(ctx: Context, side: Any, k: int, room: aioxmpp.JID, trials: int,
+                        idle: float, out: Trial, seed: int) -> None:
     rng = random.Random(seed)
-    jid = await ctx.account("s2a")
-    client = ctx.client(jid, "bench")
-    probe = Probe(client)
-    muc = client.summon(aioxmpp.MUCClient)
-    events = Events()
-    last_at_exit: dict[float, float | None] = {}
-    await ctx.connect(client)
+    member = await side.alone(ctx, f"s2a{side.tag}", ping_idle=idle, ping_timeout=PING_TIMEOUT)
+    last_at_exit = _drop_times(member)
     await asyncio.sleep(k * idle / max(1, ctx.sizes.s2_bots))
-    aroom, fut = muc.join(room, "bot", autorejoin=True)
-    tune_aioxmpp_self_ping(aroom, idle, PING_TIMEOUT)
-    monitor = aroom._monitor
-    original_exited = monitor.on_exited
-
-    def exited() -> None:
-        events.add("dropped", room)
-        last_at_exit[events.log[-1][0]] = probe.last_rx.get(room)
-        original_exited()
-
-    monitor.on_exited = exited
-    aroom.on_enter.connect(lambda *a, **kw: events.add("rejoined", room))
-    await asyncio.wait_for(fut, 30)
+    await asyncio.wait_for(member.join(room, "bot"), 30)
     for _ in range(trials):
-        await _trial(ctx, room, idle, rng, events, last_at_exit, probe, out)
+        await _trial(ctx, room, idle, rng, member.events, last_at_exit, member.probe, out)
 
 
 async def run(ctx: Context, res: ScenarioResult) -> None:
+    for side in ctx.sides():
+        await _run(ctx, res, side)
+        await ctx.cleanup()
+
+
+async def _run(ctx: Context, res: ScenarioResult, side: Any) -> None:
     sz = ctx.sizes
     idle = sz.s2_ping_idle
     bots = sz.s2_bots
     per_bot = -(-sz.s2_trials // bots)
-    guard_rooms = await ctx.rooms("s2g", bots * per_bot)
-    base_rooms = await ctx.rooms("s2a", bots)
+    guard_rooms = await ctx.rooms(f"s2g{side.tag}", bots * per_bot)
+    base_rooms = await ctx.rooms(f"s2a{side.tag}", bots)
     bound = (idle + PING_TIMEOUT) * per_bot + 60
 
     g, a = Trial(), Trial()
     await asyncio.wait_for(asyncio.gather(*(
-        _guard_worker(ctx, k, guard_rooms[k * per_bot:(k + 1) * per_bot], idle, g, 100 + k)
+        _guard_worker(ctx, side, k, guard_rooms[k * per_bot:(k + 1) * per_bot], idle, g,
+                      100 + k)
         for k in range(bots))),
         bound)
     await ctx.cleanup()
     await asyncio.wait_for(asyncio.gather(*(
-        _aioxmpp_worker(ctx, k, base_rooms[k], per_bot, idle, a, 200 + k) for k in range(bots))),
+        _alone_worker(ctx, side, k, base_rooms[k], per_bot, idle, a, 200 + k)
+        for k in range(bots))),
         bound)
 
     ms = lambda xs: [x * 1000 for x in xs]  # noqa: E731
-    a_det = res.figure("aioxmpp: last stanza → detected", "s", a.detect)
-    g_det = res.figure("guard: last stanza → detected", "s", g.detect, baseline=a_det)
-    a_exc = res.figure("aioxmpp: detected − (ping_idle + ping RTT)", "ms", ms(a.excess))
-    res.figure("guard: detected − (ping_idle + ping RTT)", "ms", ms(g.excess), baseline=a_exc)
-    res.figure("guard: self-ping round trip", "ms", ms(g.rtt))
-    a_rej = res.figure("aioxmpp: detected → rejoined (its cycle)", "ms", ms(a.rejoin))
-    g_rej = res.figure("guard: detected → on_rejoined", "ms", ms(g.rejoin), baseline=a_rej)
+    label, alone = side.label, side.alone_name
+    a_det = res.figure(f"{alone}: last stanza → detected", "s", a.detect)
+    g_det = res.figure(f"{label}guard: last stanza → detected", "s", g.detect, baseline=a_det)
+    a_exc = res.figure(f"{alone}: detected − (ping_idle + ping RTT)", "ms", ms(a.excess))
+    res.figure(f"{label}guard: detected − (ping_idle + ping RTT)", "ms", ms(g.excess),
+               baseline=a_exc)
+    res.figure(f"{label}guard: self-ping round trip", "ms", ms(g.rtt))
+    a_rej = res.figure(f"{alone}: detected → rejoined ({side.alone_rejoin})", "ms",
+                       ms(a.rejoin))
+    g_rej = res.figure(f"{label}guard: detected → {side.rejoined}", "ms", ms(g.rejoin),
+                       baseline=a_rej)
 
     limit = idle + DOC_JITTER
     late = [d - idle - r for d, r in zip(g.detect, g.rtt) if d - idle - r > DOC_JITTER + SLACK]
-    res.check(f"≥ {sz.s2_trials} trials", f"{len(g.detect)} guard trials, {g.failed} failed; "
-              f"aioxmpp {len(a.detect)}, {a.failed} failed",
+    res.check(f"{label}≥ {sz.s2_trials} trials",
+              f"{len(g.detect)} guard trials, {g.failed} failed; "
+              f"{alone} {len(a.detect)}, {a.failed} failed",
               len(g.detect) >= sz.s2_trials and g.failed == 0)
-    res.check("every trial detected within ping_idle + ping RTT + documented jitter",
+    res.check(f"{label}every trial detected within ping_idle + ping RTT + documented jitter",
               f"{len(g.detect) - len(late)}/{len(g.detect)} within {limit:g} s + RTT "
               f"(+{SLACK * 1000:g} ms scheduling); worst excess "
               f"{fmt(max(g.excess, default=float('nan')) * 1000)} ms",
               bool(g.detect) and not late)
     worst = max(g.rejoin, default=float("nan"))
-    res.check("rejoined within 50 ms after detection",
+    res.check(f"{label}rejoined within 50 ms after detection",
               f"max {fmt(worst * 1000)} ms (median {fmt(g_rej.summary.median)} ms)",
               bool(g.rejoin) and worst <= 0.050)
-    res.note(f"{bots} bots at once, one room and one client each, {per_bot} trials per bot; "
-             f"ping_idle = {idle:g} s, ping_timeout = {PING_TIMEOUT:g} s for both.")
-    res.note("Documented jitter: none. The README promises detection 'within ping_idle plus "
-             "one ping round trip of the room's last stanza'; the check allows "
-             f"{SLACK * 1000:g} ms on top for event-loop scheduling.")
-    res.note(f"aioxmpp detects as fast (its monitor pings at once when its soft timeout "
-             f"trips) and its cycle rejoins; what it lacks is error handling on that rejoin "
-             f"(see the README), not speed. Detection medians: guard "
-             f"{fmt(g_det.summary.median)} s, aioxmpp {fmt(a_det.summary.median)} s.")
+    side_note = f"{side.name} side: " if label else ""
+    res.note(f"{side_note}{bots} bots at once, one room and one client each, {per_bot} trials "
+             f"per bot; ping_idle = {idle:g} s, ping_timeout = {PING_TIMEOUT:g} s for both.")
+    if not label:
+        res.note("Documented jitter: none. The README promises detection 'within ping_idle "
+                 "plus one ping round trip of the room's last stanza'; the check allows "
+                 f"{SLACK * 1000:g} ms on top for event-loop scheduling.")
+    res.note(f"{side_note}{alone} detects as fast when the room is quiet (its self-ping is due "
+             f"ping_idle after the last reset) and its {side.alone_rejoin} rejoins; what it "
+             f"lacks is error handling on that rejoin (see the README), not speed. Detection "
+             f"medians: guard {fmt(g_det.summary.median)} s, {alone} "
+             f"{fmt(a_det.summary.median)} s.")

@@ -15,6 +15,10 @@ to its detection and to its ``on_rejoined``.
 
 Baseline: aioxmpp alone, self-ping set as in scenario 2 (soft timeout and
 ping interval = ping_idle, autorejoin): each room is found by its own timer.
+
+The slixmpp front-end (``--frontend``) is measured the same way against plain
+slixmpp: ``xep_0410`` at ping_idle and the hand-written rejoin loop of
+scenario 2 (:class:`bench.slix.RejoinLoop`).
 """
 
 from __future__ import annotations
@@ -25,15 +29,15 @@ from typing import Any
 
 import aioxmpp
 
-from .botproc import tune_aioxmpp_self_ping
-from .common import Context, Events, Probe, ScenarioResult, fmt
+from .common import Context, ScenarioResult, fmt
+from .sides import Member
 
 TITLE = "Correlated silent drop of 100 rooms (ping_idle = 10 s)"
 
 PING_TIMEOUT = 30.0
 
 
-async def _post_spread(client: aioxmpp.Client, rooms: list[aioxmpp.JID], spread: float) -> None:
+async def _post_spread(member: Member, rooms: list[aioxmpp.JID], spread: float) -> None:
     """One groupchat message per room, evenly spread over `spread` seconds."""
     start = time.monotonic()
     for i, room in enumerate(rooms):
@@ -41,16 +45,16 @@ async def _post_spread(client: aioxmpp.Client, rooms: list[aioxmpp.JID], spread:
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        msg = aioxmpp.Message(to=room, type_=aioxmpp.MessageType.GROUPCHAT)
-        msg.body[None] = f"last words {i}"
-        client.enqueue(msg)
+        member.post(room, f"last words {i}")
 
 
-async def _measure(ctx: Context, client: aioxmpp.Client, probe: Probe, events: Events,
-                   rooms: list[aioxmpp.JID], idle: float) -> dict[str, Any]:
+async def _measure(ctx: Context, member: Member, rooms: list[aioxmpp.JID], idle: float
+                   ) -> dict[str, Any]:
+    await asyncio.wait_for(asyncio.gather(*(member.join(r, "bot") for r in rooms)), 60)
+    probe, events = member.probe, member.events
     spread = ctx.sizes.s3_spread
     t_post = time.monotonic()
-    await _post_spread(client, rooms, spread)
+    await _post_spread(member, rooms, spread)
     # wait (bounded) for every reflection: the rooms' last stanzas
     deadline = time.monotonic() + 5
     while (any(probe.last_rx.get(r, 0) < t_post for r in rooms)
@@ -75,73 +79,48 @@ async def _measure(ctx: Context, client: aioxmpp.Client, probe: Probe, events: E
         "detect": [d[0] - first for d in drops.values() if d],
         "rejoin": [r[0] - first for r in rejoins.values() if r],
         "missing": sum(1 for r in rooms if not rejoins[r]),
+        "pings": sum(1 for p in probe.pings if p.sent >= t_post),
     }
 
 
-async def _guard_run(ctx: Context, rooms: list[aioxmpp.JID], idle: float) -> dict[str, Any]:
-    client, probe, guard = await ctx.watched_guard("s3g", idle, PING_TIMEOUT)
-    events = Events()
-    guard.on_dropped.connect(events.listener("dropped"))
-    guard.on_rejoined.connect(events.listener("rejoined"))
-    await guard.open_store(str(ctx.workdir / "s3.db"))
-    await ctx.connect(client)
-    await asyncio.wait_for(asyncio.gather(*(guard.join(r, "bot") for r in rooms)), 60)
-    result = await _measure(ctx, client, probe, events, rooms, idle)
-    result["pings"] = len(probe.pings)
-    return result
-
-
-async def _aioxmpp_run(ctx: Context, rooms: list[aioxmpp.JID], idle: float) -> dict[str, Any]:
-    jid = await ctx.account("s3a")
-    client = ctx.client(jid, "bench")
-    probe = Probe(client)
-    muc = client.summon(aioxmpp.MUCClient)
-    events = Events()
-    await ctx.connect(client)
-    futures = []
-    for room in rooms:
-        aroom, fut = muc.join(room, "bot", autorejoin=True)
-        tune_aioxmpp_self_ping(aroom, idle, PING_TIMEOUT)
-        monitor = aroom._monitor
-
-        def exited(room: aioxmpp.JID = room, original: Any = monitor.on_exited) -> None:
-            events.add("dropped", room)
-            original()
-
-        monitor.on_exited = exited
-        aroom.on_enter.connect(lambda *a, room=room, **kw: events.add("rejoined", room))
-        futures.append(fut)
-    await asyncio.wait_for(asyncio.gather(*futures), 60)
-    result = await _measure(ctx, client, probe, events, rooms, idle)
-    result["pings"] = len(probe.pings)
-    return result
-
-
 async def run(ctx: Context, res: ScenarioResult) -> None:
+    for side in ctx.sides():
+        await _run(ctx, res, side)
+        await ctx.cleanup()
+
+
+async def _run(ctx: Context, res: ScenarioResult, side: Any) -> None:
     sz = ctx.sizes
     idle = sz.s3_ping_idle
-    g_rooms = await ctx.rooms("s3g", sz.s3_rooms)
-    a_rooms = await ctx.rooms("s3a", sz.s3_rooms)
-    g = await _guard_run(ctx, g_rooms, idle)
+    tag, label, alone = side.tag, side.label, side.alone_name
+    g_rooms = await ctx.rooms(f"s3g{tag}", sz.s3_rooms)
+    a_rooms = await ctx.rooms(f"s3a{tag}", sz.s3_rooms)
+    guard = await side.guard(ctx, f"s3g{tag}", ping_idle=idle, ping_timeout=PING_TIMEOUT,
+                             store=str(ctx.workdir / f"s3{tag}.db"))
+    g = await _measure(ctx, guard, g_rooms, idle)
     await ctx.cleanup()
-    a = await _aioxmpp_run(ctx, a_rooms, idle)
+    plain = await side.alone(ctx, f"s3a{tag}", ping_idle=idle, ping_timeout=PING_TIMEOUT)
+    a = await _measure(ctx, plain, a_rooms, idle)
 
-    a_rej = res.figure("aioxmpp: first detection → each room rejoined", "s", a["rejoin"])
-    res.figure("guard: first detection → each room rejoined", "s", g["rejoin"], baseline=a_rej)
-    a_det = res.figure("aioxmpp: first detection → each room detected", "s", a["detect"])
-    res.figure("guard: first detection → each room detected", "s", g["detect"], baseline=a_det)
+    a_rej = res.figure(f"{alone}: first detection → each room rejoined", "s", a["rejoin"])
+    res.figure(f"{label}guard: first detection → each room rejoined", "s", g["rejoin"],
+               baseline=a_rej)
+    a_det = res.figure(f"{alone}: first detection → each room detected", "s", a["detect"])
+    res.figure(f"{label}guard: first detection → each room detected", "s", g["detect"],
+               baseline=a_det)
     worst = max(g["rejoin"], default=float("nan"))
-    res.check(f"all {sz.s3_rooms} rooms rejoined within 1 s of the first detection",
+    res.check(f"{label}all {sz.s3_rooms} rooms rejoined within 1 s of the first detection",
               f"{len(g['rejoin'])}/{sz.s3_rooms} rejoined, the last {fmt(worst * 1000)} ms "
-              f"after the first detection (aioxmpp: "
+              f"after the first detection ({alone}: "
               f"{fmt(max(a['rejoin'], default=float('nan')))} s)",
               g["complete"] and g["removed_in_time"] and worst <= 1.0)
-    res.note(f"{sz.s3_rooms} rooms, last stanzas spread over {sz.s3_spread:g} s, then all "
-             f"removed at once; ping_idle = {idle:g} s. First detection "
+    side_note = f"{side.name} side: " if label else ""
+    res.note(f"{side_note}{sz.s3_rooms} rooms, last stanzas spread over {sz.s3_spread:g} s, "
+             f"then all removed at once; ping_idle = {idle:g} s. First detection "
              f"{fmt(g['first_after_idle'])} s after the first room's last stanza (guard), "
-             f"{fmt(a['first_after_idle'])} s (aioxmpp).")
-    res.note(f"Self-pings sent from the posting to the end: guard {g['pings']}, "
-             f"aioxmpp {a['pings']}.")
+             f"{fmt(a['first_after_idle'])} s ({alone}).")
+    res.note(f"{side_note}Self-pings sent from the posting to the end: guard {g['pings']}, "
+             f"{alone} {a['pings']}.")
     if not (g["removed_in_time"] and a["removed_in_time"]):
-        res.note("WARNING: the removal finished after the first idle timer was due; "
-                 "the figures are not valid.")
+        res.note(f"{side_note}WARNING: the removal finished after the first idle timer was "
+                 "due; the figures are not valid.")

@@ -39,6 +39,10 @@ Also reported, to show where the time goes: from the 110+333 to the rejoin's
 join presence entering the client's send queue, how many sibling self-pings
 entered that queue before it (the queue is sent in order), and from that
 presence to our own available self-presence coming back.
+
+The slixmpp front-end (``--frontend``) is measured the same way: a guard
+(the plugin) in all the rooms, one in one room, and a plain slixmpp join
+(``join_muc_wait``, until our own self-presence) as the floor.
 """
 
 from __future__ import annotations
@@ -47,10 +51,7 @@ import asyncio
 import time
 from typing import Any
 
-import aioxmpp
-import aioxmpp.ping
-
-from .common import Context, Events, Probe, ScenarioResult, fmt
+from .common import Context, ProbeRecords, ScenarioResult, fmt, kick_and_wait
 from .stalls import StallWatch
 
 TITLE = "Signalled drop among 1,000 rooms on one service → that room rejoined"
@@ -61,38 +62,7 @@ PING_IDLE = 3600.0
 MARGIN = 0.2
 
 
-class SendLog:
-    """Timestamps what the guard's client puts in its send queue: every
-    self-ping, and each join presence (by room). Wraps the stream's
-    ``_enqueue``, which both ``Client.send`` and ``Client.enqueue`` use."""
-
-    def __init__(self, client: aioxmpp.Client) -> None:
-        self.pings: list[float] = []
-        self.joins: dict[aioxmpp.JID, list[float]] = {}
-        stream = client.stream
-        original = stream._enqueue
-
-        def enqueue(stanza: Any, **kwargs: Any) -> Any:
-            now = time.monotonic()
-            if isinstance(stanza, aioxmpp.IQ):
-                if isinstance(stanza.payload, aioxmpp.ping.Ping):
-                    self.pings.append(now)
-            elif (isinstance(stanza, aioxmpp.Presence) and stanza.to is not None
-                  and stanza.xep0045_muc is not None
-                  and stanza.type_ == aioxmpp.PresenceType.AVAILABLE):
-                self.joins.setdefault(stanza.to.bare(), []).append(now)
-            return original(stanza, **kwargs)
-
-        stream._enqueue = enqueue
-
-    def join_after(self, room: aioxmpp.JID, after: float) -> float | None:
-        return next((t for t in self.joins.get(room, ()) if t >= after), None)
-
-    def pings_between(self, start: float, end: float) -> int:
-        return sum(1 for t in self.pings if start <= t < end)
-
-
-async def _round_answered(probe: Probe, timeout: float) -> bool:
+async def _round_answered(probe: ProbeRecords, timeout: float) -> bool:
     """Wait (bounded) until every self-ping sent so far is answered."""
     deadline = time.monotonic() + timeout
     while any(p.answered is None for p in probe.pings):
@@ -102,43 +72,31 @@ async def _round_answered(probe: Probe, timeout: float) -> bool:
     return True
 
 
-async def _kick_and_wait(ctx: Context, probe: Probe, events: Events, room: aioxmpp.JID
-                         ) -> tuple[float, float] | None:
-    """110+333 for `room`; (time the client received it, time of on_rejoined)."""
-    t_admin = time.monotonic()
-    await ctx.server.kick_with_codes(room, "bot", [333], "bench")
-    t_rejoined = await events.first("rejoined", room, after=t_admin, timeout=10)
-    t_rx = probe.self_unavailable.get(room)
-    if t_rejoined is None or t_rx is None or t_rx < t_admin:
-        return None
-    return t_rx, t_rejoined
-
-
 async def run(ctx: Context, res: ScenarioResult) -> None:
+    for side in ctx.sides():
+        await _run(ctx, res, side)
+        await ctx.cleanup()
+
+
+async def _run(ctx: Context, res: ScenarioResult, side: Any) -> None:
     sz = ctx.sizes
     n = sz.s9_rooms
     trials = min(sz.s9_trials, n)
-    rooms = await ctx.rooms("s9g", n)
-    one_rooms = await ctx.rooms("s9o", trials)
-    floor_rooms = await ctx.rooms("s9f", trials)
+    tag, label = side.tag, side.label
+    rooms = await ctx.rooms(f"s9g{tag}", n)
+    one_rooms = await ctx.rooms(f"s9o{tag}", trials)
+    floor_rooms = await ctx.rooms(f"s9f{tag}", trials)
     # the kicked rooms, spread over the whole set
     targets = [rooms[(i * n) // trials] for i in range(trials)]
 
-    bot, probe, guard = await ctx.watched_guard("s9bot", PING_IDLE, sz.s9_ping_timeout)
-    sends = SendLog(bot)
-    events = Events()
-    guard.on_rejoined.connect(events.listener("rejoined"))
-    await guard.open_store(str(ctx.workdir / "s9.db"))
-
-    one, one_probe, one_guard = await ctx.watched_guard("s9one", PING_IDLE,
-                                                        sz.s9_ping_timeout)
-    one_events = Events()
-    one_guard.on_rejoined.connect(one_events.listener("rejoined"))
-    await one_guard.open_store(str(ctx.workdir / "s9-one.db"))
-
-    floor = ctx.client(await ctx.account("s9floor"), "floor")
-    floor_muc = floor.summon(aioxmpp.MUCClient)
-    await asyncio.gather(ctx.connect(bot), ctx.connect(one), ctx.connect(floor))
+    store = str(ctx.workdir / f"s9{tag}.db")
+    guard, one_guard, floor = await asyncio.gather(
+        side.guard(ctx, f"s9bot{tag}", store=store, ping_idle=PING_IDLE,
+                   ping_timeout=sz.s9_ping_timeout),
+        side.guard(ctx, f"s9one{tag}", store=str(ctx.workdir / f"s9{tag}-one.db"),
+                   ping_idle=PING_IDLE, ping_timeout=sz.s9_ping_timeout),
+        side.floor(ctx, f"s9floor{tag}"))
+    probe, sends = guard.probe, guard.send_times()
     await asyncio.wait_for(asyncio.gather(*(guard.join(r, "bot") for r in rooms)), 120)
     await asyncio.wait_for(one_guard.join(one_rooms[0], "bot"), 30)
     await asyncio.sleep(1.0)   # the guard's one-off archive probes (disco#info) settle
@@ -170,24 +128,22 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
 
         # floor: a plain join of a fresh room
         t0 = time.monotonic()
-        froom, fut = floor_muc.join(floor_rooms[i], "floor")
-        await asyncio.wait_for(fut, 10)
-        floor_join.append(time.monotonic() - t0)
+        floor_join.append(await floor.timed_join(floor_rooms[i], "floor"))
         windows.append(("floor", t0, t0 + floor_join[-1]))
-        await asyncio.wait_for(froom.leave(), 10)
+        await floor.leave(floor_rooms[i])
 
         # a guard in this one room only
-        got = await _kick_and_wait(ctx, one_probe, one_events, one_rooms[i])
+        got = await kick_and_wait(ctx, one_guard.probe, one_guard.events, one_rooms[i])
         if got is None:
             one_failures += 1
         else:
-            one_to_rejoin.append(got[1] - got[0])
-            windows.append(("one room", *got))
+            one_to_rejoin.append(got[2] - got[1])
+            windows.append(("one room", got[1], got[2]))
 
         # the guard in all the rooms: kick one of them
         target = targets[i]
         n_sent = len(probe.pings)
-        got = await _kick_and_wait(ctx, probe, events, target)
+        got = await kick_and_wait(ctx, probe, guard.events, target)
         # the one-room guard moves to the next fresh room while the round settles
         await one_guard.leave(one_rooms[i])
         if i + 1 < trials:
@@ -196,7 +152,7 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
             failures += 1
             last_drop = time.monotonic()
             continue
-        t_rx, t_rejoined = got
+        _, t_rx, t_rejoined = got
         last_drop = t_rx
         drop_to_rejoin.append(t_rejoined - t_rx)
         windows.append((f"{n:,} rooms", t_rx, t_rejoined))
@@ -223,47 +179,52 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
     await ctx.cleanup()
 
     ms = lambda xs: [x * 1000 for x in xs]  # noqa: E731
-    floor_fig = res.figure("floor: plain aioxmpp join of a fresh room", "ms", ms(floor_join))
-    one_fig = res.figure("guard in 1 room: 110+333 received → on_rejoined", "ms",
+    floor_fig = res.figure(f"{label}floor: plain {side.name} join of a fresh room", "ms",
+                           ms(floor_join))
+    one_fig = res.figure(f"{label}guard in 1 room: 110+333 received → {side.rejoined}", "ms",
                          ms(one_to_rejoin), baseline=floor_fig)
-    guard_fig = res.figure(f"guard in {n:,} rooms: 110+333 received → on_rejoined", "ms",
-                           ms(drop_to_rejoin), baseline=floor_fig)
-    res.figure("(info) 110+333 received → rejoin presence queued", "ms", ms(to_join_sent))
-    res.figure("(info) sibling self-pings queued ahead of the rejoin presence", "",
+    guard_fig = res.figure(f"{label}guard in {n:,} rooms: 110+333 received → "
+                           f"{side.rejoined}", "ms", ms(drop_to_rejoin), baseline=floor_fig)
+    res.figure(f"{label}(info) 110+333 received → rejoin presence queued", "ms",
+               ms(to_join_sent))
+    res.figure(f"{label}(info) sibling self-pings queued ahead of the rejoin presence", "",
                pings_ahead)
-    res.figure("(info) rejoin presence queued → own self-presence received", "ms",
+    res.figure(f"{label}(info) rejoin presence queued → own self-presence received", "ms",
                ms(join_to_enter))
-    res.figure(f"(info) sibling round: first of {n - 1:,} self-pings sent → last answered",
-               "ms", ms(round_time))
+    res.figure(f"{label}(info) sibling round: first of {n - 1:,} self-pings sent → last "
+               "answered", "ms", ms(round_time))
 
     s, f, o = guard_fig.summary, floor_fig.summary, one_fig.summary
     ratio = s.median / f.median if f.n and s.n else float("nan")
     tail = s.p99 / s.median if s.n else float("nan")
-    res.check(f"≥ {trials} trials, each with its own full sibling round",
+    res.check(f"{label}≥ {trials} trials, each with its own full sibling round",
               f"{s.n} trials, {failures} failed; rounds short of {n - 1:,} answered "
               f"self-pings or overlapping a trial: {short_rounds}",
               s.n >= trials and failures == 0 and short_rounds == 0)
-    res.check("median ≤ 1.25 × floor",
+    res.check(f"{label}median ≤ 1.25 × floor",
               f"{fmt(s.median)} ms vs floor {fmt(f.median)} ms = {ratio:.2f} × "
               f"(guard in one room: {fmt(o.median)} ms)",
               ratio <= 1.25)
-    res.check("p99 ≤ 3 × median",
+    res.check(f"{label}p99 ≤ 3 × median",
               f"p99 {fmt(s.p99)} ms = {tail:.2f} × the median (max {fmt(s.max)} ms)",
               tail <= 3.0)
-    res.note(f"{trials} trials, each kicking a different one of {n:,} rooms on one service "
+    side_note = f"{side.name} side: " if label else ""
+    res.note(f"{side_note}{trials} trials, each kicking a different one of {n:,} rooms on one service "
              f"(so {n - 1:,} siblings), interleaved with the floor joins and the one-room "
              f"guard's kicks ({one_failures} failed); ping_timeout = "
              f"{sz.s9_ping_timeout:g} s, trials at least {sz.s9_ping_timeout + MARGIN:g} s "
              f"after the previous drop.")
-    res.note(f"{len(sends.pings):,} self-pings queued in all, every one a sibling check "
+    res.note(f"{side_note}{len(sends.pings):,} self-pings queued in all, every one a sibling check "
              f"(ping_idle = {PING_IDLE / 3600:g} h). The p99 of {s.n} samples is close to "
              f"their maximum.")
-    _note_stalls(res, watch, windows)
-    res.note(f"Server: Prosody with network_settings nagle={str(ctx.server.nagle).lower()}.")
+    _note_stalls(res, side_note, watch, windows)
+    if not label:
+        res.note(f"Server: Prosody with network_settings "
+                 f"nagle={str(ctx.server.nagle).lower()}.")
 
 
-def _note_stalls(res: ScenarioResult, watch: StallWatch, windows: list[tuple[str, float, float]]
-                 ) -> None:
+def _note_stalls(res: ScenarioResult, side_note: str, watch: StallWatch,
+                 windows: list[tuple[str, float, float]]) -> None:
     """The slowest measured intervals, each with how much of it this process
     spent collecting garbage or with its event loop stalled (bench/stalls.py):
     a tail that the process shares is not the rejoin's own."""
@@ -274,7 +235,7 @@ def _note_stalls(res: ScenarioResult, watch: StallWatch, windows: list[tuple[str
         parts.append(f"{series} {fmt((end - start) * 1000)} ms (GC {fmt(collecting * 1000)} ms, "
                      f"loop stalled {fmt(stalled * 1000)} ms)")
     full = watch.full_collections()
-    res.note(f"Slowest measured intervals of the three series: {'; '.join(parts)}. This "
-             f"process ran {len(full)} full (generation-2) collections during the trials"
+    res.note(f"{side_note}slowest measured intervals of the three series: {'; '.join(parts)}. "
+             f"This process ran {len(full)} full (generation-2) collections during the trials"
              + (f", {fmt(min(full) * 1000)} to {fmt(max(full) * 1000)} ms each" if full else "")
              + f", and its event loop woke late (> 3 ms) {len(watch.stalls)} times.")

@@ -5,7 +5,8 @@ The whole muc_guard story in one command, on a private Prosody server.
 What it shows
 =============
 
-A logger bot (``examples/bots/logger_bot.py``, a real separate process) sits
+A logger bot (``examples/bots/logger_bot.py``, a real separate process; with
+``--frontend slixmpp`` its slixmpp twin ``slixmpp_logger_bot.py``) sits
 in three rooms of a Prosody server that this script starts on 127.0.0.1 for
 itself. It connects as a bot in production does: TLS required, the server's
 certificate (issued by a throw-away CA the demo creates) verified, the CA
@@ -72,7 +73,8 @@ from muc_guard.testing.prosody import (
 )
 
 HERE = pathlib.Path(__file__).resolve().parent
-LOGGER_BOT = HERE / "bots" / "logger_bot.py"
+#: The logger bot of each front-end: the same flags, behaviour and log lines.
+LOGGER_BOTS = {"aioxmpp": "logger_bot.py", "slixmpp": "slixmpp_logger_bot.py"}
 
 BOT_USER, BOT_PASSWORD, BOT_NICK = "logger", "logger-secret", "bot"
 TALKER_USER, TALKER_PASSWORD, TALKER_NICK = "talker", "talker-secret", "talker"
@@ -173,7 +175,7 @@ class BotLine:
 
 
 class BotProcess:
-    """logger_bot.py as a child process; its log is read line by line."""
+    """The logger bot as a child process; its log is read line by line."""
 
     def __init__(self, narrator: Narrator, argv: list[str], env: dict[str, str],
                  log_path: pathlib.Path, *, verbose: bool) -> None:
@@ -359,7 +361,7 @@ async def until(predicate: Callable[[], Awaitable[bool] | bool], timeout: float,
 
 
 def log_path(log_dir: pathlib.Path, room: aioxmpp.JID) -> pathlib.Path:
-    """Where logger_bot.py writes a room's log (see its log_path)."""
+    """Where the logger bot writes a room's log (see its behaviour.log_path)."""
     import urllib.parse
     return log_dir / (urllib.parse.quote(str(room), safe="@.-_+") + ".log")
 
@@ -434,6 +436,7 @@ class Demo:
         self.server = ProsodyServer(self.workdir / "prosody", log_level="info",
                                     tls=self.ca.issue(ProsodyServer.domain))
         self.rooms = [aioxmpp.JID(name, self.server.muc_domain, None) for name in ROOM_NAMES]
+        self.script = LOGGER_BOTS[args.frontend]
         self.bot: BotProcess | None = None
         self.talker: Talker | None = None
         self.timings: list[tuple[str, float]] = []
@@ -481,6 +484,7 @@ class Demo:
         say.plain("A private Prosody on 127.0.0.1, a logger bot in 3 rooms, and a talker.\n"
                   "The demo breaks things and watches the bot get back; at the end every\n"
                   "message the talker said must be in the bot's logs exactly once.")
+        say.plain(f"The bot: {self.script}, muc_guard on {self.args.frontend}.")
         say.plain(f"Work dir: {self.workdir}"
                   + ("  (kept: --keep)" if self.args.keep else "  (removed at the end)"))
         say.plain()
@@ -531,7 +535,7 @@ class Demo:
         env = {**os.environ, "MUC_GUARD_PASSWORD": BOT_PASSWORD}
         env.pop("MUC_GUARD_JID", None)
         self.bot_argv = [
-            sys.executable, str(LOGGER_BOT), "--jid", str(bot_jid),
+            sys.executable, str(HERE / "bots" / self.script), "--jid", str(bot_jid),
             "--server", f"{self.server.host}:{self.server.port}",
             "--ca-file", str(self.ca.ca_file),
             "--ping-idle", f"{PING_IDLE:g}", "--db", str(self.db),
@@ -548,7 +552,7 @@ class Demo:
         room_args = [arg for room in self.rooms for arg in ("--room", str(room))]
         started = say.now()
         pid = await bot.start(room_args)
-        say.info(f"started logger_bot.py (pid {pid}) with "
+        say.info(f"started {self.script} (pid {pid}) with "
                  f"{' '.join(room_args)} --ping-idle {PING_IDLE:g}")
         await until(self.bot_in_all, JOIN_TIMEOUT, "the bot in all 3 rooms", bot)
         took = say.now() - started
@@ -677,7 +681,7 @@ class Demo:
         mark = bot.mark()
         restarted = say.now()
         pid = await bot.start([])
-        say.info(f"started logger_bot.py again (pid {pid}) with the same --db and no --room")
+        say.info(f"started {self.script} again (pid {pid}) with the same --db and no --room")
         await until(self.bot_in_all, JOIN_TIMEOUT, "the restarted bot back in all 3 rooms", bot)
         took = say.now() - restarted
         await self.wait_bot_says(r"back in ", mark, "its rejoins")
@@ -836,7 +840,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 Shows muc_guard at work, in well under a minute, on a private Prosody server
 that it starts on 127.0.0.1 (nothing else is touched).
 
-A logger bot (examples/bots/logger_bot.py, a separate process) joins 3 rooms.
+A logger bot (examples/bots/logger_bot.py, a separate process; on slixmpp
+with --frontend slixmpp: examples/bots/slixmpp_logger_bot.py) joins 3 rooms.
 Then, one after the other:
   - the server kicks it from a room with 110+333: it rejoins at once;
   - the server removes it from a room silently: a self-ping finds out;
@@ -851,13 +856,17 @@ duplicated, 1 otherwise (the output says what failed).""",
         epilog="""\
 examples:
   scripts/demo            installs Prosody and a virtualenv first, then runs this
-  python examples/demo.py -v --keep""",
+  python examples/demo.py -v --keep
+  python examples/demo.py --frontend slixmpp""",
     )
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary work dir (Prosody's config and log, "
                              "the bot's log, its log files and state file) and print its path")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show every line the bot logs, as it logs it")
+    parser.add_argument("--frontend", choices=sorted(LOGGER_BOTS), default="aioxmpp",
+                        help="the XMPP library of the bot: muc_guard.MUCGuard on aioxmpp, "
+                             "or the muc_guard plugin on slixmpp (default: %(default)s)")
     return parser.parse_args(argv)
 
 

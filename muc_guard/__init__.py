@@ -9,18 +9,52 @@ silent and found by XEP-0410 self-ping), rejoins with backoff unless the room
 removed us on purpose, and remembers it all in SQLite across restarts.
 """
 
-from . import tls
-from .aioxmpp.runner import GaveUpError, GuardError, RoomLeftError
+import importlib
+import importlib.util
+import logging
+from typing import Any
+
 from .core.policy import Cause, Decision
 from .core.record import RoomInfo, State
-from .mixin import GuardMixin
-from .service import MUCGuard
+from .errors import GaveUpError, GuardError, RoomLeftError
 from .store import StoreError
-from .tls import CertificateVerificationError
+
+# The aioxmpp front-end is imported on first use (``muc_guard.MUCGuard``), so
+# that ``import muc_guard`` and ``import muc_guard.slixmpp`` need no aioxmpp.
+_LAZY = {
+    "MUCGuard": ".service",
+    "GuardMixin": ".mixin",
+    "CertificateVerificationError": ".tls",
+    "tls": ".tls",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        mod = importlib.import_module(module, __name__)
+    except ImportError as exc:
+        raise ImportError(f"muc_guard.{name} needs aioxmpp 0.13 (README: Installing): "
+                          f"{exc}") from exc
+    value = mod if name == "tls" else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 # aioxmpp 0.13's certificate check cannot work on current Python and pyOpenSSL;
-# importing muc_guard repairs it (see muc_guard.tls for exactly what changes).
-tls.install()
+# importing muc_guard repairs it (see muc_guard.tls for exactly what changes)
+# wherever aioxmpp is installed. Without aioxmpp there is nothing to repair.
+if importlib.util.find_spec("aioxmpp") is not None:
+    try:
+        __getattr__("tls").install()
+    except ImportError as _exc:   # aioxmpp there but unusable (e.g. no lxml)
+        logging.getLogger("muc_guard").warning("aioxmpp's TLS not repaired: %s", _exc)
 
 __version__ = "0.1.0"
 

@@ -26,6 +26,11 @@ whether a running bot is in it right now, so that is all ``rooms`` shows.
 
 Exit codes: 0 success, 1 ``forget`` matched nothing, 2 bad usage or an
 unusable store.
+
+Neither front-end is needed to list a store: JIDs typed on the command line
+(``--account``, ``forget ROOM``) and the stored rooms are read by aioxmpp
+when it is installed, else by slixmpp (both normalise a JID the same way),
+imported only then.
 """
 
 from __future__ import annotations
@@ -42,11 +47,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import aioxmpp
-
 from . import __version__
 from .core.record import RoomRecord
-from .store import Store, StoreError
+from .store import RoomParser, Store, StoreError
 
 __all__ = ["main"]
 
@@ -69,32 +72,71 @@ class CliError(Exception):
 _DOMAIN = re.compile(r"(?:[^\s@/\[\]\.]+(?:\.[^\s@/\[\]\.]+)*|\[[0-9A-Fa-f:.]+\])")
 
 
-def _parse_jid(value: str, what: str) -> aioxmpp.JID:
+def _jid_parts(value: str) -> tuple[str, str, str]:
+    """(localpart, domain, resource) of `value`, normalised by aioxmpp or,
+    without it, by slixmpp; ValueError for a JID that is not valid."""
     try:
+        import aioxmpp
+    except ImportError:
+        pass
+    else:
         jid = aioxmpp.JID.fromstr(value)
+        return jid.localpart or "", jid.domain, jid.resource or ""
+    try:
+        from slixmpp import JID
+        from slixmpp.jid import InvalidJID
+    except ImportError:
+        raise CliError("reading a JID needs aioxmpp or slixmpp installed") from None
+    try:
+        sjid = JID(value)
+    except InvalidJID as exc:
+        raise ValueError(str(exc)) from None
+    return sjid.node, sjid.domain, sjid.resource
+
+
+def _parse_jid(value: str, what: str) -> tuple[str, str, str]:
+    try:
+        localpart, domain, resource = _jid_parts(value)
     except ValueError as exc:
         raise CliError(f"not a valid {what} JID: {value!r} ({exc})") from None
     # aioxmpp accepts domains such as "@", "b@c" or "b c"; no server has those.
-    if not _DOMAIN.fullmatch(jid.domain):
-        raise CliError(f"not a valid {what} JID: {value!r} (bad domain {jid.domain!r})")
-    return jid
+    if not _DOMAIN.fullmatch(domain):
+        raise CliError(f"not a valid {what} JID: {value!r} (bad domain {domain!r})")
+    return localpart, domain, resource
 
 
 def parse_account(value: str) -> str:
-    """The account as the store spells it: a bare JID, normalised by aioxmpp."""
-    jid = _parse_jid(value, "account")
-    if not jid.localpart:
+    """The account as the store spells it: a bare JID, normalised."""
+    localpart, domain, _ = _parse_jid(value, "account")
+    if not localpart:
         raise CliError(f"not a valid account JID: {value!r} (it needs user@domain)")
-    return str(jid.bare())
+    return f"{localpart}@{domain}"
 
 
-def parse_room(value: str) -> aioxmpp.JID:
+def parse_room(value: str) -> str:
     """A bare room JID, normalised so that it matches the stored spelling."""
-    jid = _parse_jid(value, "room")
-    if not jid.localpart or not jid.is_bare:
+    localpart, domain, resource = _parse_jid(value, "room")
+    if not localpart or resource:
         raise CliError(f"not a valid room JID: {value!r} (it needs room@service, "
                        "without a /nick)")
-    return jid
+    return f"{localpart}@{domain}"
+
+
+def _stored_room_parser() -> RoomParser:
+    """How rows are read back (and bad ones skipped): by the installed
+    front-end's own parser, aioxmpp's first."""
+    try:
+        import aioxmpp  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from .store import aioxmpp_room
+        return aioxmpp_room
+    try:
+        from .slixmpp.driver import slixmpp_room
+    except ImportError:
+        raise CliError("reading a store needs aioxmpp or slixmpp installed") from None
+    return slixmpp_room
 
 
 def iso_utc(timestamp: float | None) -> str | None:
@@ -220,7 +262,7 @@ def rooms_table(rooms: list[tuple[str, RoomRecord]], *, with_account: bool) -> s
 
 async def _open(path: str) -> Store:
     # create=False: a mistyped --db must fail, not leave an empty store behind.
-    return await Store.open(path, create=False)
+    return await Store.open(path, create=False, parse_room=_stored_room_parser())
 
 
 async def cmd_rooms(args: argparse.Namespace) -> int:
@@ -256,7 +298,7 @@ async def cmd_forget(args: argparse.Namespace) -> int:
     store = await _open(args.db)
     try:
         matching = [(acc, rec) for acc, rec in await store.load_all()
-                    if rec.jid == room and (account is None or acc == account)]
+                    if str(rec.jid) == room and (account is None or acc == account)]
         removed = await store.forget(room, account)
     finally:
         await store.close()

@@ -53,17 +53,21 @@ import sqlite3
 import stat
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+import functools
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
-import aioxmpp
 
 from .core.continuity import Position, recent_from_json, recent_to_json
 from .core.policy import Cause
 from .core.record import RoomRecord, State
 
-__all__ = ["Store", "StoreError", "StoreWriter", "SCHEMA_VERSION", "APPLICATION_ID"]
+if TYPE_CHECKING:
+    import aioxmpp
+
+__all__ = ["Store", "StoreError", "StoreWriter", "SCHEMA_VERSION", "APPLICATION_ID",
+           "RoomParser", "parse_stored_room", "aioxmpp_room"]
 
 logger = logging.getLogger("muc_guard.store")
 
@@ -79,8 +83,20 @@ _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 5, 6, 8
 # there; nameprep maps and forbids nothing in lower-case LDH labels.
 _PLAIN_BARE_JID = re.compile(
     r"([a-z0-9!#$%()*+,.;=?\[\]^_`{|}~-]{1,1023})@([a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})*)")
-# JID.__new__ runs stringprep; its namedtuple base stores the parts as given.
-_jid_from_prepared = super(aioxmpp.JID, aioxmpp.JID).__new__
+#: How a front-end reads a stored room JID: (the key its rooms are tracked
+#: under, the MUC service's domain); ValueError or TypeError for a value that
+#: is not a bare room JID with a local part (the row is then skipped). The
+#: store writes ``str(rec.jid)``, so every front-end reads every other's rows.
+RoomParser = Callable[[str], tuple[Hashable, str]]
+
+
+@functools.cache
+def _aioxmpp_jid() -> tuple[Any, Any]:
+    """aioxmpp's JID class, and its namedtuple base's ``__new__`` (JID.__new__
+    runs stringprep; the base stores the parts as given). Imported on first
+    use: the store serves front-ends that have no aioxmpp."""
+    import aioxmpp
+    return aioxmpp.JID, super(aioxmpp.JID, aioxmpp.JID).__new__
 
 
 def parse_stored_room(text: str) -> aioxmpp.JID:
@@ -89,10 +105,19 @@ def parse_stored_room(text: str) -> aioxmpp.JID:
     (~70 µs per JID, most of reading 1,000 rooms) is skipped for it; anything
     else takes aioxmpp's full parse. Either way the JID is the one
     ``JID.fromstr`` returns (tests/unit/test_store.py checks that)."""
+    jid_class, from_prepared = _aioxmpp_jid()
     match = _PLAIN_BARE_JID.fullmatch(text) if isinstance(text, str) else None
     if match is None or len(match[2]) > 1023:
-        return aioxmpp.JID.fromstr(text)
-    return _jid_from_prepared(aioxmpp.JID, match[1], match[2], None)
+        return jid_class.fromstr(text)  # type: ignore[no-any-return]
+    return from_prepared(jid_class, match[1], match[2], None)  # type: ignore[no-any-return]
+
+
+def aioxmpp_room(text: str) -> tuple[Hashable, str]:
+    """The aioxmpp front-end's :data:`RoomParser`: an ``aioxmpp.JID``."""
+    jid = parse_stored_room(text)
+    if not jid.is_bare or not jid.localpart:
+        raise ValueError(f"not a bare room JID: {text!r}")
+    return jid, jid.domain
 
 #: MIGRATIONS[n] brings a store from user_version n to n + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -241,9 +266,12 @@ class Store:
     #: seconds a statement waits for another process's lock before failing
     BUSY_TIMEOUT = 5.0
 
-    def __init__(self, path: str, conn: aiosqlite.Connection) -> None:
+    def __init__(self, path: str, conn: aiosqlite.Connection,
+                 parse_room: RoomParser | None = None) -> None:
         self.path = path
         self._conn = conn
+        #: how stored room JIDs are read back (the front-end's room keys)
+        self.parse_room: RoomParser = parse_room or aioxmpp_room
         self._lock = asyncio.Lock()
         #: set by a write refused as read-only: reconnect before the next one
         self._reconnect = False
@@ -251,8 +279,12 @@ class Store:
         self.transactions = 0
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> "Store":
+    async def open(cls, path: str | os.PathLike[str], *, create: bool = True,
+                   parse_room: RoomParser | None = None) -> "Store":
         """Open the store at `path`.
+
+        `parse_room` reads the stored room JIDs back as the front-end's room
+        keys (default: ``aioxmpp.JID``, :func:`aioxmpp_room`).
 
         With ``create=False`` (tools that inspect an existing store) nothing
         is created: a missing file, or an empty one that would become a new
@@ -266,7 +298,7 @@ class Store:
         _check_header(path)
         if not create and os.stat(path).st_size == 0:
             raise StoreError(f"no such store: {path} (the file is empty)")
-        store = cls(path, await cls._connect(path, create))
+        store = cls(path, await cls._connect(path, create), parse_room)
         try:
             await store._prepare()
         except BaseException:
@@ -387,7 +419,7 @@ class Store:
         ) as cur:
             async for row in cur:
                 try:
-                    rooms.append(self._room_from_row(row))
+                    rooms.append(self._room_from_row(row, self.parse_room))
                 except (ValueError, TypeError) as exc:
                     logger.warning("store %r: skipping unreadable row for room %r of %s: %s",
                                    self.path, row[0], account, exc)
@@ -410,13 +442,13 @@ class Store:
             async for row in cur:
                 account = row[0]
                 try:
-                    rooms.append((account, self._room_from_row(row[1:])))
+                    rooms.append((account, self._room_from_row(row[1:], self.parse_room)))
                 except (ValueError, TypeError) as exc:
                     logger.warning("store %r: skipping unreadable row for room %r of %s: %s",
                                    self.path, row[1], account, exc)
         return rooms
 
-    async def forget(self, room: aioxmpp.JID | str, account: str | None = None) -> int:
+    async def forget(self, room: Hashable, account: str | None = None) -> int:
         """Delete `room` for `account` (for every account if None) in one
         durable transaction; returns the number of rows removed.
 
@@ -434,13 +466,11 @@ class Store:
         return max(removed, 0)
 
     @staticmethod
-    def _room_from_row(row: Sequence[Any]) -> RoomRecord:
+    def _room_from_row(row: Sequence[Any], parse_room: RoomParser = aioxmpp_room) -> RoomRecord:
         (room, requested_nick, nick, password, wanted, drops, last_cause,
          last_joined, last_dropped, added, last_id, last_ts, recent, last_downtime,
          has_archive) = row
-        jid = parse_stored_room(room)
-        if not jid.is_bare or not jid.localpart:
-            raise ValueError(f"not a bare room JID: {room!r}")
+        jid, service = parse_room(room)
         if not isinstance(requested_nick, str) or not isinstance(nick, str):
             raise TypeError("nick is not text")
         return RoomRecord(
@@ -457,7 +487,7 @@ class Store:
             position=Position(last_id, last_ts, recent_from_json(recent)),
             last_downtime=last_downtime,
             has_archive=None if has_archive is None else bool(has_archive),
-            service=jid.domain,
+            service=service,
         )
 
     async def load_resource(self, account: str) -> str | None:
@@ -492,7 +522,7 @@ class Store:
                 (account, resource))
 
     async def write(self, account: str, upserts: Iterable[RoomRecord],
-                    deletes: Iterable[aioxmpp.JID],
+                    deletes: Iterable[Hashable],
                     positions: Iterable[RoomRecord] = ()) -> None:
         """Apply upserts, deletes and position updates for `account` in one
         durable transaction."""
@@ -584,10 +614,10 @@ class StoreWriter:
     def __init__(self, store: Store, account: str) -> None:
         self.store = store
         self.account = account
-        self._dirty: dict[aioxmpp.JID, RoomRecord] = {}
+        self._dirty: dict[Hashable, RoomRecord] = {}
         #: records whose message position alone changed (lazy marks)
-        self._moved: dict[aioxmpp.JID, RoomRecord] = {}
-        self._deleted: set[aioxmpp.JID] = set()
+        self._moved: dict[Hashable, RoomRecord] = {}
+        self._deleted: set[Hashable] = set()
         self._lock = asyncio.Lock()
         self._retry: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -620,7 +650,7 @@ class StoreWriter:
         self._batch = None
         self._write_now()
 
-    def mark_deleted(self, jid: aioxmpp.JID) -> None:
+    def mark_deleted(self, jid: Hashable) -> None:
         if self._closed:
             return
         self._dirty.pop(jid, None)

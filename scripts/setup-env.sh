@@ -7,7 +7,7 @@
 #                            also Prosody 13 (bookworm-backports), unpacked with
 #                            dpkg -x under .venv/prosody13 beside the system 0.12
 #   find_pythons             the python3.11/3.12/3.13 interpreters on this machine
-#   make_venv PY DIR         a venv with muc_guard installed editable with [test]
+#   make_venv PY DIR         a venv with muc_guard installed editable with [test,slixmpp]
 #
 # Everything is idempotent: a second run installs nothing new.
 
@@ -84,7 +84,7 @@ find_pythons() {
     done
 }
 
-# make_venv PYTHON DIR: create DIR and install muc_guard[test] into it.
+# make_venv PYTHON DIR: create DIR and install muc_guard[test,slixmpp] into it.
 make_venv() {
     local py="$1" dir="$2"
     if [ ! -x "$dir/bin/python" ]; then
@@ -95,7 +95,7 @@ make_venv() {
     local minor
     minor=$("$dir/bin/python" -c 'import sys; print(sys.version_info[1])')
     if [ "$minor" -lt 13 ]; then
-        "${pip[@]}" -e ".[test]"
+        "${pip[@]}" -e ".[test,slixmpp]"
         return
     fi
     # Python 3.13: aioxmpp pins lxml~=4.0, which cannot build there. Install a
@@ -115,7 +115,7 @@ import importlib.metadata as m
 reqs = []
 for r in m.requires("muc_guard"):
     spec, _, marker = r.partition(";")
-    if marker and 'extra == "test"' not in marker:
+    if marker and 'extra == "test"' not in marker and 'extra == "slixmpp"' not in marker:
         continue
     if not spec.replace(" ", "").lower().startswith("aioxmpp"):
         reqs.append(spec.replace(" ", ""))

@@ -9,16 +9,22 @@ The interesting part of a guarded bot is a handful of lines: what it does
 with a message. Around them sits the same plumbing in every bot: read the
 account and the rooms from the command line, keep the password off it, pin
 a local test server, summon :class:`muc_guard.MUCGuard`, open its store,
-join, log what the guard does, and stop cleanly on SIGINT or SIGTERM.
+join, log what the guard does, and stop cleanly on SIGINT or SIGTERM. The
+same plumbing serves both XMPP libraries muc_guard supports.
 
 Solution
 ========
 
 A bot script builds its parser with :func:`make_parser` (adding its own
 flags), and hands :func:`main` a ``setup(bot)`` function that connects its
-handlers to ``bot.guard``. :func:`main` does the rest and returns the exit
-code: 0 after SIGINT/SIGTERM, 1 when the client cannot connect (wrong
-password, server unreachable), 2 for bad usage or an unusable store.
+handlers to ``bot.guard``, and the front-end it is written for: "aioxmpp"
+(``muc_guard.MUCGuard``, :mod:`aioxmpp_client`) or "slixmpp" (the
+``muc_guard`` plugin, :mod:`slixmpp_client`). This module knows neither
+library: the flags, the room reconciliation and the run are the same for
+both; what differs (the client, connecting, the guard's signals) is the
+front-end module's. :func:`main` returns the exit code: 0 after
+SIGINT/SIGTERM, 1 when the client cannot connect (wrong password, server
+unreachable, a refused certificate), 2 for bad usage or an unusable store.
 
 The rooms given with ``--room`` are the rooms the bot is in. A room stored
 in ``--db`` but no longer given is left and forgotten. A room the guard gave
@@ -34,19 +40,14 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import importlib
 import inspect
 import logging
 import os
 import re
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
-
-import aiosasl
-import aioxmpp
-import aioxmpp.connector
-import aioxmpp.errors
-import aioxmpp.node
+from typing import Any, Protocol
 
 import muc_guard
 
@@ -65,6 +66,10 @@ logger = logging.getLogger("muc_guard.examples")
 
 #: A host name (no empty label, no space, '@' or '/') or a bracketed IP literal.
 #: aioxmpp itself accepts domains such as "@" or "b c".
+
+#: (localpart or None, domain, resource or None) of a JID, by the front-end's
+#: own parser; raises ValueError for text that is no JID.
+SplitJID = Callable[[str], "tuple[str | None, str, str | None]"]
 _DOMAIN = re.compile(r"(?:[^\s@/\[\]\.]+(?:\.[^\s@/\[\]\.]+)*|\[[0-9A-Fa-f:.]+\])")
 
 _COMMON_HELP = f"""\
@@ -85,11 +90,12 @@ rejoins the rooms stored in --db. Stop the bot with Ctrl-C or SIGTERM.
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The parsed, checked command line (and environment)."""
+    """The parsed, checked command line (and environment). JIDs are text,
+    as the front-end's parser normalised them: "user@domain", "room@service"."""
 
-    jid: aioxmpp.JID
+    jid: str
     password: str = dataclasses.field(repr=False)
-    rooms: tuple[tuple[aioxmpp.JID, str], ...]
+    rooms: tuple[tuple[str, str], ...]
     db: str
     server: tuple[str, int] | None
     insecure_plaintext: bool
@@ -137,8 +143,8 @@ def make_parser(prog: str, description: str, examples: str) -> argparse.Argument
                              "muc_guard's own, 300)")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="how much to log (default: %(default)s; aioxmpp's own lines "
-                             "only at DEBUG)")
+                        help="how much to log (default: %(default)s; the XMPP library's "
+                             "own lines only at DEBUG)")
     return parser
 
 
@@ -152,35 +158,35 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
-def _domain_ok(jid: aioxmpp.JID) -> bool:
-    return bool(_DOMAIN.fullmatch(jid.domain))
+def _split(flag: str, what: str, value: str, split_jid: SplitJID,
+           parser: argparse.ArgumentParser) -> tuple[str, str | None]:
+    """("local@domain", resource or None), or exit 2 saying what is wrong."""
+    try:
+        localpart, domain, resource = split_jid(value)
+    except ValueError as exc:
+        parser.error(f"{flag}: not a valid {what}JID: {value!r} ({exc})")
+    if not localpart or not _DOMAIN.fullmatch(domain):
+        needs = "room@service" if what else "user@domain"
+        parser.error(f"{flag}: not {'a room' if what else 'an account'} JID: {value!r} "
+                     f"(it needs {needs})")
+    return f"{localpart}@{domain}", resource or None
 
 
-def parse_account(value: str | None, parser: argparse.ArgumentParser) -> aioxmpp.JID:
+def parse_account(value: str | None, split_jid: SplitJID,
+                  parser: argparse.ArgumentParser) -> str:
     if not value:
         parser.error(f"no account: give --jid or set {JID_ENV}")
-    try:
-        jid = aioxmpp.JID.fromstr(value)
-    except ValueError as exc:
-        parser.error(f"--jid: not a valid JID: {value!r} ({exc})")
-    if not jid.localpart or not _domain_ok(jid):
-        parser.error(f"--jid: not an account JID: {value!r} (it needs user@domain)")
-    return jid
+    return _split("--jid", "", value, split_jid, parser)[0]
 
 
-def parse_room(value: str, default_nick: str,
-               parser: argparse.ArgumentParser) -> tuple[aioxmpp.JID, str]:
+def parse_room(value: str, default_nick: str, split_jid: SplitJID,
+               parser: argparse.ArgumentParser) -> tuple[str, str]:
     """``room@service`` or ``room@service/nick`` -> (bare room JID, nick)."""
-    try:
-        jid = aioxmpp.JID.fromstr(value)
-    except ValueError as exc:
-        parser.error(f"--room: not a valid room JID: {value!r} ({exc})")
-    if not jid.localpart or not _domain_ok(jid):
-        parser.error(f"--room: not a room JID: {value!r} (it needs room@service)")
-    nick = jid.resource if jid.resource is not None else default_nick
+    room, resource = _split("--room", "room ", value, split_jid, parser)
+    nick = resource if resource is not None else default_nick
     if not nick.strip():
         parser.error(f"--room: empty nick in {value!r}")
-    return jid.bare(), nick
+    return room, nick
 
 
 def parse_server(value: str, parser: argparse.ArgumentParser) -> tuple[str, int]:
@@ -195,16 +201,16 @@ def parse_server(value: str, parser: argparse.ArgumentParser) -> tuple[str, int]
     return host, port
 
 
-def parse_settings(parser: argparse.ArgumentParser,
+def parse_settings(parser: argparse.ArgumentParser, split_jid: SplitJID,
                    argv: Sequence[str] | None = None) -> Settings:
     """Parse and check everything; exits with 2 and a clear message on a problem."""
     args = parser.parse_args(argv)
-    jid = parse_account(args.jid, parser)
+    jid = parse_account(args.jid, split_jid, parser)
     if not args.nick.strip():
         parser.error("--nick must not be empty")
-    rooms: dict[aioxmpp.JID, str] = {}
+    rooms: dict[str, str] = {}
     for value in args.room:
-        room, nick = parse_room(value, args.nick, parser)
+        room, nick = parse_room(value, args.nick, split_jid, parser)
         rooms[room] = nick            # the last one given for a room wins
     server = parse_server(args.server, parser) if args.server else None
     if args.insecure_plaintext and server is None:
@@ -220,7 +226,7 @@ def parse_settings(parser: argparse.ArgumentParser,
         jid=jid,
         password=password,
         rooms=tuple(rooms.items()),
-        db=args.db or f"{jid.localpart}.db",
+        db=args.db or f"{jid.partition('@')[0]}.db",
         server=server,
         insecure_plaintext=args.insecure_plaintext,
         ca_file=args.ca_file,
@@ -234,7 +240,8 @@ def parse_settings(parser: argparse.ArgumentParser,
 
 def listener(fn: Callable[..., Any]) -> Callable[..., None]:
     """Wrap a signal handler so that it never raises: aioxmpp disconnects a
-    raising listener for good, and the bot would go deaf without a word."""
+    raising listener for good, and the bot would go deaf without a word
+    (slixmpp survives one, but logs a traceback per message)."""
     log = logging.getLogger(f"muc_guard.examples.{getattr(fn, '__name__', 'handler')}")
 
     @functools.wraps(fn)
@@ -249,11 +256,13 @@ def listener(fn: Callable[..., Any]) -> Callable[..., None]:
 
 @dataclasses.dataclass
 class Bot:
-    """What a bot's setup() gets: the settings, the client and its guard."""
+    """What a bot's setup() gets: the settings, the client and its guard
+    (aioxmpp: a PresenceManagedClient and its MUCGuard; slixmpp: a ClientXMPP
+    and its muc_guard plugin)."""
 
     settings: Settings
-    client: aioxmpp.PresenceManagedClient
-    guard: muc_guard.MUCGuard
+    client: Any
+    guard: Any
     #: closed after the guard has shut down: put files and the like here
     exit_stack: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
@@ -262,50 +271,49 @@ class Bot:
         return self.settings.args
 
 
-async def _no_discovery(domain: str, loop: Any = None, logger: Any = None) -> list[Any]:
-    return []
+class Frontend(Protocol):
+    """What :func:`run` needs of an XMPP library (aioxmpp_client, slixmpp_client)."""
+
+    #: exceptions of a join that mean "the room said no" (logged, not retried)
+    refusals: tuple[type[BaseException], ...]
+
+    def split_jid(self, text: str) -> tuple[str | None, str, str | None]: ...
+
+    def make(self, settings: Settings) -> tuple[Any, Any]:
+        """(client, guard), inside the running loop; the guard's signals logged
+        with :func:`log_dropped`, :func:`log_rejoined`, :func:`log_gave_up`."""
+
+    def room(self, text: str) -> Any:
+        """A room JID as the guard takes it."""
+
+    def start(self, bot: Bot, connected: Callable[[str], None],
+              failed: Callable[[BaseException], None]) -> None:
+        """Connect (and stay connected); `connected(full_jid)` per session,
+        `failed(exc)` when connecting is hopeless (refused login or certificate)."""
+
+    def failure(self, exc: BaseException, settings: Settings) -> str:
+        """The one line that says why `failed` was called."""
+
+    async def join(self, guard: Any, room: Any, nick: str) -> str:
+        """guard.join(); the nick the room gave."""
+
+    async def stop(self, client: Any) -> None:
+        """Disconnect, bounded, after the guard has shut down."""
 
 
-def make_client(settings: Settings) -> aioxmpp.PresenceManagedClient:
-    """The client; must be called inside the running event loop.
-
-    Certificates are verified as aioxmpp does by default (muc_guard makes
-    that work on current Python and pyOpenSSL); --ca-file adds a private CA."""
-    security = aioxmpp.make_security_layer(
-        settings.password, ssl_context_factory=muc_guard.tls.context_factory(settings.ca_file))
-    override_peer = []
-    if settings.server is not None:
-        host, port = settings.server
-        override_peer.append((host, port, aioxmpp.connector.STARTTLSConnector()))
-        # When the pinned address fails, aioxmpp falls back to DNS SRV and
-        # <domain>:5222. --server means this address and nothing else.
-        aioxmpp.node.discover_connectors = _no_discovery
-        if settings.insecure_plaintext:
-            # Certificates are still checked if the server offers TLS.
-            security = security._replace(tls_required=False)
-    return aioxmpp.PresenceManagedClient(settings.jid, security, override_peer=override_peer)
+def log_dropped(room: Any, cause: muc_guard.Cause) -> None:
+    logger.warning("dropped from %s (%s)", room, cause.value)
 
 
-def _log_guard_signals(guard: muc_guard.MUCGuard) -> None:
-    @listener
-    def dropped(room: aioxmpp.JID, cause: muc_guard.Cause) -> None:
-        logger.warning("dropped from %s (%s)", room, cause.value)
-
-    @listener
-    def rejoined(room: aioxmpp.JID, muc_room: Any) -> None:
-        nick = muc_room.me.nick if muc_room.me is not None else "?"
-        logger.info("back in %s as %s", room, nick)
-
-    @listener
-    def gave_up(room: aioxmpp.JID, cause: muc_guard.Cause) -> None:
-        logger.warning("gave up on %s (%s): not rejoining it", room, cause.value)
-
-    guard.on_dropped.connect(dropped)
-    guard.on_rejoined.connect(rejoined)
-    guard.on_gave_up.connect(gave_up)
+def log_rejoined(room: Any, nick: str) -> None:
+    logger.info("back in %s as %s", room, nick)
 
 
-async def _reconcile_rooms(bot: Bot) -> list[tuple[aioxmpp.JID, str]]:
+def log_gave_up(room: Any, cause: muc_guard.Cause) -> None:
+    logger.warning("gave up on %s (%s): not rejoining it", room, cause.value)
+
+
+async def _reconcile_rooms(bot: Bot, frontend: Frontend) -> list[tuple[Any, str]]:
     """Leave stored rooms that are no longer given; return the rooms to join."""
     settings, guard = bot.settings, bot.guard
     if not settings.rooms:
@@ -317,12 +325,13 @@ async def _reconcile_rooms(bot: Bot) -> list[tuple[aioxmpp.JID, str]]:
         return []
     given = dict(settings.rooms)
     for info in guard.rooms():
-        if info.jid not in given:
+        if str(info.jid) not in given:
             logger.info("leaving %s: stored in %s but not given with --room", info.jid,
                         settings.db)
             await guard.leave(info.jid)
     to_join = []
-    for room, nick in settings.rooms:
+    for text, nick in settings.rooms:
+        room = frontend.room(text)
         info = guard.room_info(room)
         if info is not None and info.state is muc_guard.State.GAVE_UP:
             cause = info.last_cause.value if info.last_cause else "unknown"
@@ -336,40 +345,23 @@ async def _reconcile_rooms(bot: Bot) -> list[tuple[aioxmpp.JID, str]]:
     return to_join
 
 
-async def _join(guard: muc_guard.MUCGuard, room: aioxmpp.JID, nick: str) -> None:
+async def _join(frontend: Frontend, guard: Any, room: Any, nick: str) -> None:
     try:
-        joined = await guard.join(room, nick)
-    except aioxmpp.errors.XMPPError as exc:
+        joined = await frontend.join(guard, room, nick)
+    except frontend.refusals as exc:
         logger.error("cannot join %s: the room refused (%s)", room, exc)
     except muc_guard.GuardError as exc:
         logger.error("cannot join %s: %s", room, exc)
     except ConnectionError:
         pass   # shutting down
     else:
-        logger.info("in %s as %s", room, joined.me.nick if joined.me else nick)
-
-
-async def _stop_client(client: aioxmpp.PresenceManagedClient) -> None:
-    # Unavailable first: while its presence is available, a client whose
-    # stream just failed may start itself again.
-    if client.presence.available:
-        client.presence = aioxmpp.PresenceState(False)
-    if not client.running:
-        return
-    stopped = asyncio.get_running_loop().create_future()
-    client.on_stopped.connect(stopped, client.on_stopped.AUTO_FUTURE)
-    client.on_failure.connect(stopped, client.on_failure.AUTO_FUTURE)
-    client.stop()
-    try:
-        await asyncio.wait_for(stopped, STOP_TIMEOUT)
-    except Exception as exc:   # the stream may already be gone: fine
-        logger.debug("stopping the client: %r", exc)
+        logger.info("in %s as %s", room, joined)
 
 
 SetupFn = Callable[[Bot], "Awaitable[None] | None"]  # sync or async
 
 
-async def run(settings: Settings, setup: SetupFn) -> int:
+async def run(settings: Settings, setup: SetupFn, frontend: Frontend) -> int:
     """Run the bot until SIGINT/SIGTERM; returns the exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -377,12 +369,10 @@ async def run(settings: Settings, setup: SetupFn) -> int:
         loop.add_signal_handler(signum, stop.set)
     failure: list[BaseException] = []
 
-    client = make_client(settings)
-    guard = client.summon(muc_guard.MUCGuard)
+    client, guard = frontend.make(settings)
     bot = Bot(settings, client, guard)
     if settings.args.ping_idle is not None:
         guard.ping_idle = settings.args.ping_idle
-    _log_guard_signals(guard)
     try:
         await guard.open_store(settings.db)
     except muc_guard.StoreError as exc:
@@ -393,25 +383,18 @@ async def run(settings: Settings, setup: SetupFn) -> int:
         result = setup(bot)
         if inspect.isawaitable(result):
             await result
-        to_join = await _reconcile_rooms(bot)
+        to_join = await _reconcile_rooms(bot, frontend)
 
         @listener
         def failed(exc: BaseException) -> None:
             failure.append(exc)
             stop.set()
 
-        client.on_failure.connect(failed)
-        client.on_stream_established.connect(
-            listener(lambda: logger.info("connected as %s", client.local_jid)))
-        client.presence = aioxmpp.PresenceState(True)   # starts the client
-        joins = [loop.create_task(_join(guard, room, nick)) for room, nick in to_join]
+        frontend.start(bot, listener(lambda jid: logger.info("connected as %s", jid)), failed)
+        joins = [loop.create_task(_join(frontend, guard, room, nick)) for room, nick in to_join]
         await stop.wait()
         if failure:
-            if isinstance(failure[0], aiosasl.AuthenticationFailure):
-                logger.error("cannot log in as %s: authentication failed; check the JID "
-                             "and %s", settings.jid, PASSWORD_ENV)
-            else:
-                logger.error("cannot connect as %s: %s", settings.jid, failure[0])
+            logger.error("%s", frontend.failure(failure[0], settings))
         else:
             logger.info("stopping")
     finally:
@@ -419,7 +402,7 @@ async def run(settings: Settings, setup: SetupFn) -> int:
             task.cancel()
         await asyncio.gather(*joins, return_exceptions=True)
         await guard.shutdown()       # flushes the store; rooms stay wanted
-        await _stop_client(client)
+        await frontend.stop(client)
         bot.exit_stack.close()
     return EXIT_FAILED if failure else EXIT_OK
 
@@ -431,12 +414,13 @@ class _LibraryNoise(logging.Filter):
     certificate) aioxmpp logs "main failed" with the whole traceback, and
     :func:`run` then says the same in one line: only that line is kept. And
     aioxmpp 0.13 leaves one failed, never-awaited future per failed
-    connection attempt, which asyncio reports at exit.
+    connection attempt, which asyncio reports at exit. slixmpp says
+    "CERT: Invalid certificate trust chain." at ERROR: run() says which.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("aioxmpp"):
-            if record.getMessage() == "main failed":
+        if record.name.startswith(("aioxmpp", "slixmpp")):
+            if record.getMessage() in ("main failed", "CERT: Invalid certificate trust chain."):
                 return False    # run() says why, in one line of its own
             record.exc_info = None
             record.exc_text = None
@@ -453,15 +437,20 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     if level != "DEBUG":
-        for name in ("aioxmpp", "aiosasl", "aiosqlite"):
+        for name in ("aioxmpp", "aiosasl", "aiosqlite", "slixmpp"):
             logging.getLogger(name).setLevel(logging.WARNING)
         for handler in logging.getLogger().handlers:
             handler.addFilter(_LibraryNoise())
 
 
+FRONTENDS = {"aioxmpp": "aioxmpp_client", "slixmpp": "slixmpp_client"}
+
+
 def main(parser: argparse.ArgumentParser, setup: SetupFn,
-         argv: Sequence[str] | None = None) -> int:
-    """Parse, run, and return the exit code for ``sys.exit``."""
-    settings = parse_settings(parser, argv)
+         argv: Sequence[str] | None = None, frontend: str = "aioxmpp") -> int:
+    """Parse, run, and return the exit code for ``sys.exit``. `frontend`
+    names the XMPP library the bot's setup() is written for."""
+    chosen: Frontend = importlib.import_module(FRONTENDS[frontend]).FRONTEND
+    settings = parse_settings(parser, chosen.split_jid, argv)
     configure_logging(settings.log_level)
-    return asyncio.run(run(settings, setup))
+    return asyncio.run(run(settings, setup, chosen))

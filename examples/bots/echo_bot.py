@@ -3,25 +3,15 @@
 
 "bot: hello" -> "hello". It stays in its rooms across kicks by the server,
 restarts of the MUC service and of itself; see common.py for the flags.
+(slixmpp_echo_bot.py is the same bot on slixmpp.)
 """
 
 import sys
 
 import aioxmpp
 
+import behaviour
 import common
-
-DESCRIPTION = """\
-Answers in its rooms when addressed by its nick: "bot: hello" -> "hello"."""
-
-EXAMPLES = """\
-  MUC_GUARD_PASSWORD=secret python examples/bots/echo_bot.py \\
-      --jid echo@example.org --room lounge@conference.example.org
-  MUC_GUARD_PASSWORD=secret python examples/bots/echo_bot.py --jid echo@corp.example \\
-      --room ops@muc.corp.example --ca-file /etc/corp/ca.pem
-  MUC_GUARD_PASSWORD=secret python examples/bots/echo_bot.py --jid echo@localhost \\
-      --room test@conference.localhost/echo --server 127.0.0.1:5222 --insecure-plaintext
-"""
 
 
 def setup(bot: common.Bot) -> None:
@@ -36,20 +26,16 @@ def setup(bot: common.Bot) -> None:
         info = guard.room_info(room_jid)
         if info is None or info.room is None:      # not joined right now
             return
-        body = message.body.any()
-        for name in {info.nick, info.requested_nick}:
-            for separator in (":", ","):
-                if body.startswith(name + separator):
-                    text = body[len(name) + 1:].strip()
-                    if text:
-                        reply = aioxmpp.Message(type_=aioxmpp.MessageType.GROUPCHAT)
-                        reply.body[None] = text
-                        info.room.send_message(reply)   # the Room of this join
-                    return
+        text = behaviour.echo_reply(message.body.any(), (info.nick, info.requested_nick))
+        if text:
+            reply = aioxmpp.Message(type_=aioxmpp.MessageType.GROUPCHAT)
+            reply.body[None] = text
+            info.room.send_message(reply)   # the Room of this join
 
     guard.on_message.connect(on_message)
 
 
 if __name__ == "__main__":
-    parser = common.make_parser("echo_bot", DESCRIPTION, EXAMPLES)
+    parser = common.make_parser("echo_bot", behaviour.ECHO_DESCRIPTION,
+                                behaviour.echo_examples("echo_bot.py"))
     sys.exit(common.main(parser, setup))

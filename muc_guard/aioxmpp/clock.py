@@ -1,47 +1,18 @@
 """
-The MUC server's clock, as seen from the bot.
+The MUC services' clocks for the aioxmpp front-end: the XEP-0202 query.
 
-Motivation
-==========
-
-A rejoin asks the room for ``<history since=...>`` and an archive fallback
-asks for messages archived from a ``start`` time. The server compares both
-with its own clock. A position taken from the bot's ``time.time()`` is off by
-the difference of the two clocks: a bot running 60 s ahead asks for history
-from a minute in the server's future and gets nothing back; one running
-behind gets a minute of duplicates, which rooms without stanza-ids cannot
-tell apart.
-
-Solution
-========
-
-:class:`ServerClock` learns the offset of each MUC service's clock through
-XEP-0202 (Entity Time): it asks the service domain, then the domain it is
-hosted under (``conference.example.org`` -> ``example.org``: Prosody and
-ejabberd answer entity time on the host, not on the MUC component), then our
-own server. The first answer wins; the offset is re-learnt on every new
-stream (clocks get corrected). :meth:`ServerClock.now` is the server's time
-at this moment, which is what live messages are stamped with and what a
-position may never pass. With no answer at all the offset stays 0 (the bot's
-own clock), and that is logged once per stream.
+Why and how the offsets are learnt: :mod:`muc_guard.frontend.clock`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime
-import logging
-import time
-
 import aioxmpp
-import aioxmpp.errors
 import aioxmpp.xso as xso
 
+from ..frontend.clock import TIME_NS
+from ..frontend.clock import ServerClock as _ServerClock
+
 __all__ = ["ServerClock", "EntityTime", "TIME_NS"]
-
-logger = logging.getLogger("muc_guard.clock")
-
-TIME_NS = "urn:xmpp:time"
 
 
 @aioxmpp.IQ.as_payload_class
@@ -54,96 +25,19 @@ class EntityTime(xso.XSO):
     utc = xso.ChildText((TIME_NS, "utc"), default=None)
 
 
-def _parse_utc(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        stamp = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
-    return stamp.timestamp()
-
-
-def _candidates(service: str, account_domain: str | None) -> list[str]:
-    """Whom to ask for the clock of a MUC service, in order."""
-    out = [service]
-    labels = service.split(".")
-    if len(labels) > 2:
-        out.append(".".join(labels[1:]))
-    if account_domain:
-        out.append(account_domain)
-    return list(dict.fromkeys(out))
-
-
-class ServerClock:
+class ServerClock(_ServerClock):
     """Per MUC service domain: the offset of its clock from ours."""
 
     def __init__(self, client: aioxmpp.Client, *, timeout: float = 5.0) -> None:
+        super().__init__(timeout=timeout)
         self.client = client
-        self.timeout = timeout
-        self._offsets: dict[str, float] = {}
-        #: the learning task per domain in this stream (done or running)
-        self._learning: dict[str, asyncio.Task[None]] = {}
 
-    def offset(self, domain: str) -> float:
-        """Seconds to add to our clock to get the service's (0 if unknown)."""
-        return self._offsets.get(domain, 0.0)
+    def account_domain(self) -> str | None:
+        local = self.client.local_jid
+        return local.domain if local else None
 
-    def now(self, domain: str) -> float:
-        """The service's clock now, as a UNIX timestamp."""
-        return time.time() + self._offsets.get(domain, 0.0)
-
-    def to_server(self, local_ts: float, domain: str) -> float:
-        """One of our own timestamps (e.g. a join time) on the service's clock."""
-        return local_ts + self._offsets.get(domain, 0.0)
-
-    def new_stream(self) -> None:
-        """Learn again on the next use: the clocks may have been corrected.
-        The old offsets stay in use until then; a query still running for
-        the old stream finishes (or fails) on its own."""
-        self._learning.clear()
-
-    async def learn(self, domain: str) -> None:
-        """Learn `domain`'s offset once per stream; concurrent callers share
-        one query. Never raises (but passes cancellation on)."""
-        task = self._learning.get(domain)
-        if task is None:
-            task = asyncio.ensure_future(self._learn(domain))
-            self._learning[domain] = task
-        await asyncio.shield(task)
-
-    async def _learn(self, domain: str) -> None:
-        account = self.client.local_jid.domain if self.client.local_jid else None
-        for entity in _candidates(domain, account):
-            offset = await self._ask(entity)
-            if offset is not None:
-                old = self._offsets.get(domain)
-                self._offsets[domain] = offset
-                if old is None or abs(old - offset) > 1.0:
-                    logger.info("%s: server clock %+.1f s from ours (entity time of %s)",
-                                domain, offset, entity)
-                return
-        logger.warning("%s: no entity time from %s: positions use our own clock",
-                       domain, ", ".join(_candidates(domain, account)))
-
-    async def _ask(self, entity: str) -> float | None:
+    async def utc_of(self, entity: str) -> str | None:
         iq = aioxmpp.IQ(to=aioxmpp.JID.fromstr(entity), type_=aioxmpp.IQType.GET,
                         payload=EntityTime())
-        sent = time.time()
-        try:
-            reply = await self.client.send(iq, timeout=self.timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # XMPPError, TimeoutError, ConnectionError, garbage
-            logger.debug("%s: entity time failed (%r)", entity, exc)
-            return None
-        received = time.time()
-        server = _parse_utc(getattr(reply, "utc", None))
-        if server is None:
-            logger.debug("%s: entity time without a usable <utc/>", entity)
-            return None
-        if "." not in (reply.utc or ""):
-            server += 0.5   # whole seconds (Prosody): the true time is within the second
-        return server - (sent + received) / 2
+        reply = await self.client.send(iq, timeout=self.timeout)
+        return getattr(reply, "utc", None)

@@ -39,40 +39,29 @@ listener is disconnected for good, so every entry point catches and logs.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import aioxmpp
 import aioxmpp.errors
 import aioxmpp.muc
 
-from ..closer import StoreCloser
-from ..core.commands import SendNick
+from ..frontend.driver import BaseDriver, never_raises as _never_raises
 from ..core.events import (
     ErrorFromRoom,
-    JoinRequested,
     LeaveRequested,
-    NickRequested,
     NickSent,
-    StoreLoaded,
     StreamDown,
     StreamResumed,
     StreamSuspended,
     StreamUp,
     SubjectSeen,
 )
-from ..core.guard import REPLAYED, GuardCore
-from ..core.invariants import violations
-from ..core.joins import RUNNING_PHASES
-from ..core.events import TimerKind
-from ..core.record import Phase, RoomInfo, RoomRecord, State
-from ..core.settings import Settings
-from ..store import Store, StoreError, StoreWriter
+from ..core.guard import REPLAYED
+from ..core.record import RoomInfo, RoomRecord, State
+from ..store import Store
 from . import redact
-from . import runner as _runner
 from .clock import ServerClock
 from .facts import (
     body_text,
@@ -84,7 +73,7 @@ from .facts import (
     stanza_id_of,
 )
 from .inbound import sanitize_message, sanitize_presence
-from .runner import CommandRunner, io_of
+from .runner import CommandRunner, RoomIO, io_of
 from .stream import StreamWatchdog
 from .unhook import unhook_room
 
@@ -99,41 +88,21 @@ _P_ERROR = aioxmpp.PresenceType.ERROR
 _P_UNAVAILABLE = aioxmpp.PresenceType.UNAVAILABLE
 _JOINED = State.JOINED
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _never_raises(fn: _F) -> _F:
-    """For callbacks aioxmpp calls: log errors, return None (keeps us connected)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except Exception:
-            logger.exception("muc_guard: error in %s (ignored)", fn.__name__)
-        return None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class GuardDriver:
+class GuardDriver(BaseDriver):
     """Keeps one aioxmpp client in the rooms it wants. Owned by MUCGuard or GuardMixin."""
 
+    check_nick = staticmethod(check_nick)
+
     def __init__(self, owner: Any, client: aioxmpp.Client, muc: aioxmpp.MUCClient) -> None:
+        super().__init__()
         self.owner = owner
         self.client = client
         self.muc = muc
-        self.settings = Settings()
-        self.core = GuardCore(self.settings)
         #: the MUC services' clocks: positions are kept in the server's time
         self.clock = ServerClock(client)
-        self.runner = CommandRunner(self)
-        self.store: Store | None = None
-        self.writer: StoreWriter | None = None
-        #: closes the store if the event loop ends before close() does
-        self._closer: StoreCloser | None = None
-        self._closed = False
-        self._stored_resource: str | None = None
+        self.runner: CommandRunner = CommandRunner(self)
 
         stream = client.stream
         self._connections = [
@@ -159,81 +128,33 @@ class GuardDriver:
         self._watchdog = StreamWatchdog(client)
         self._watchdog_started = False
 
-    # --- public operations ----------------------------------------------------------
-
-    def rooms(self) -> list[RoomInfo]:
-        return [rec.snapshot(self._room_of_rec(rec)) for rec in self.core.rooms.values()]
-
-    def room_info(self, room_jid: aioxmpp.JID | str) -> RoomInfo | None:
-        rec = self.core.rooms.get(room_jid_from(room_jid))
-        return rec.snapshot(self._room_of_rec(rec)) if rec is not None else None
-
-    @staticmethod
-    def _room_of_rec(rec: RoomRecord) -> aioxmpp.muc.Room | None:
-        io = rec.io
-        return io.room if isinstance(io, _runner.RoomIO) else None
-
-    def set_ping_idle(self, value: float) -> None:
-        try:
-            now = asyncio.get_running_loop().time()
-        except RuntimeError:    # no loop yet: no timers to move
-            now = None
-        commands = self.core.set_ping_idle(value, now if now is not None else 0.0)
-        if now is not None:
-            self.runner.run(commands)
-
-    def violations(self) -> list[str]:
-        """Broken invariants (:mod:`muc_guard.core.invariants`), and the
-        driver's own: every phase that waits for I/O has its task."""
-        found = violations(self.core)
-        for rec in self.core.rooms.values():
-            io = rec.io if isinstance(rec.io, _runner.RoomIO) else None
-            task = io.task if io is not None else None
-            waiting = rec.phase is Phase.RECOVER and self.core.armed(rec, TimerKind.ARCHIVE_RETRY)
-            if rec.phase in RUNNING_PHASES and not waiting and (task is None or task.done()):
-                found.append(f"{rec.jid}: {rec.phase.name}, but no task runs for it")
-            if rec.ping and (io is None or io.ping_task is None):
-                found.append(f"{rec.jid}: a self-ping in flight without its task")
-        return found
+    # --- this front-end's side of BaseDriver --------------------------------------------
 
     @property
     def account(self) -> str:
         return str(self.client.local_jid.bare())
 
-    def _feed_now(self, event: Any) -> None:
-        """A request from the user: errors in it are the caller's."""
-        loop = asyncio.get_running_loop()
-        self.runner.run(self.core.handle(event, loop.time(), time.time()))
+    def room_key(self, room: Any) -> aioxmpp.JID:
+        return room_jid_from(room)
 
-    async def open_store(self, path: Any) -> None:
-        if self.store is not None:
-            raise RuntimeError(f"a store is already open: {self.store.path!r}")
-        store = await Store.open(path)
-        try:
-            stored = await store.load_rooms(self.account)
-        except BaseException:
-            await store.close()
-            raise
-        try:
-            # After a clean shutdown our occupants left with the stream; only
-            # a crash can leave one behind for the probe to find.
-            crashed = not await store.take_clean_exit(self.account)
-        except StoreError as exc:
-            logger.warning("%s", exc)
-            crashed = True
-        self.store = store
-        self.writer = StoreWriter(store, self.account)
-        self._closer = await StoreCloser.watch(store, self.writer)
-        await self._adopt_stored_resource(store)
-        self._feed_now(StoreLoaded(tuple(stored), crashed))
-        logger.info("store %r opened for %s", store.path, self.account)
+    def service_of(self, key: Any) -> str:
+        return str(key.domain)
 
-    async def _adopt_stored_resource(self, store: Store) -> None:
+    def snapshot(self, rec: RoomRecord) -> RoomInfo:
+        return rec.snapshot(self._room_of_rec(rec))
+
+    @staticmethod
+    def _room_of_rec(rec: RoomRecord) -> aioxmpp.muc.Room | None:
+        io = rec.io
+        return io.room if isinstance(io, RoomIO) else None
+
+    def bound_resource(self) -> str | None:
+        return self.client.local_jid.resource  # type: ignore[no-any-return]
+
+    async def adopt_stored_resource(self, store: Store) -> None:
         """Bind the resource this account had last time, so rooms (and a
         hibernated ghost session) see the same occupant JID, not a new one.
         Only for a client whose JID names no resource and is not connected."""
-        self._stored_resource = await store.load_resource(self.account)
-        self.core.occupant_resource = self._stored_resource
         client: Any = self.client
         if (self.settings.stable_resource and self._stored_resource
                 and client.local_jid.resource is None and not client.running):
@@ -241,70 +162,6 @@ class GuardDriver:
             client._local_jid = client.local_jid.replace(resource=self._stored_resource)
             logger.info("%s: asking for stored resource %r", self.account,
                         self._stored_resource)
-
-    async def _remember_resource(self) -> None:
-        resource = self.client.local_jid.resource
-        if self.store is None or not resource or resource == self._stored_resource:
-            return
-        try:
-            await self.store.save_resource(self.account, resource)
-            self._stored_resource = resource
-        except StoreError as exc:
-            logger.warning("%s", exc)
-
-    async def join(self, room_jid: aioxmpp.JID | str, nick: str, *,
-                   password: str | None = None) -> aioxmpp.muc.Room:
-        jid = room_jid_from(room_jid)
-        nick = check_nick(nick)
-        if self._closed:
-            raise RuntimeError("muc_guard is shut down")
-        loop = asyncio.get_running_loop()
-        commands = self.core.handle(JoinRequested(jid, jid.domain, nick, password),
-                                    loop.time(), time.time())
-        rec = self.core.rooms[jid]
-        io = io_of(rec)
-        waiter: asyncio.Future[aioxmpp.muc.Room] | None = None
-        if rec.state is not _JOINED:
-            # Waiting before the join goes out: its answer cannot be missed.
-            waiter = loop.create_future()
-            if io.waiters is None:
-                io.waiters = []
-            io.waiters.append(waiter)
-        try:
-            explicit = self._explicit_nick(commands)
-            self.runner.run(commands)
-            if explicit is not None:
-                await self.send_nick(rec, explicit, explicit=True)
-            await self._flush()
-            if waiter is None:
-                assert io.room is not None
-                return io.room
-            return await waiter
-        finally:
-            # Cancelling join() cancels only this wait: the room stays wanted.
-            if waiter is not None and io.waiters and waiter in io.waiters:
-                io.waiters.remove(waiter)
-                if not io.waiters:
-                    io.waiters = None
-
-    @staticmethod
-    def _explicit_nick(commands: list[Any]) -> str | None:
-        for command in commands:
-            if type(command) is SendNick and command.explicit:
-                return str(command.nick)
-        return None
-
-    async def set_nick(self, room_jid: aioxmpp.JID | str, nick: str) -> None:
-        """Change our nick in a joined room (or the nick used for the next join)."""
-        jid = room_jid_from(room_jid)
-        nick = check_nick(nick)
-        loop = asyncio.get_running_loop()
-        commands = self.core.handle(NickRequested(jid, nick), loop.time(), time.time())
-        explicit = self._explicit_nick(commands)
-        self.runner.run(commands)
-        if explicit is not None:
-            await self.send_nick(self.core.rooms[jid], explicit, explicit=True)
-        await self._flush()   # an explicit call: stored when it returns
 
     async def send_nick(self, rec: RoomRecord, nick: str, *, explicit: bool) -> None:
         """Ask the room for `nick` and tell the core how it went. An explicit
@@ -345,40 +202,12 @@ class GuardDriver:
         unhook_room(room, self.muc)
         logger.info("%s: left and forgotten", jid)
 
-    async def close(self) -> None:
-        """Stop timers and tasks, flush and close the store. Rooms stay wanted."""
-        if self._closed:
-            return
-        self._closed = True
+    def unhook(self) -> None:
         self._watchdog.stop()
         for signal, token in self._connections:
             signal.disconnect(token)
         for chain, token in self._filters:
             chain.unregister(token)
-        self.runner.run(self.core.close(asyncio.get_running_loop().time()))
-        self.runner.stop_all()
-        tasks = list(self.runner.tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._closer is not None and not await self._closer.release():
-            return   # the event loop is ending, and the closer closed the store
-        if self.writer is not None:
-            await self.writer.close()
-        if self.store is not None:
-            try:
-                await self.store.set_clean_exit(self.account, True)
-            except StoreError as exc:
-                logger.warning("%s", exc)
-            await self.store.close()
-
-    async def _flush(self) -> None:
-        if self.writer is None:
-            return
-        try:
-            await self.writer.flush()
-        except StoreError:
-            pass  # logged by the writer, which keeps the change and retries
 
     # --- inbound stanzas --------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """A guarded bot to be killed: the child process of the bot crash-loop test.
 
 Run as ``python crashbot.py --port PORT --jid JID --db FILE --room ROOM ...``
-with the password in ``MUC_GUARD_PASSWORD``. It connects to 127.0.0.1:PORT
+with the password in ``MUC_GUARD_PASSWORD``; ``--frontend slixmpp`` runs the
+slixmpp plugin instead of ``muc_guard.MUCGuard`` (the same steps, the same
+output). It connects to 127.0.0.1:PORT
 only, opens the store (which rejoins the rooms stored as wanted), joins the
 given rooms not stored yet, and runs until it is killed. It reports on
 stdout, one line each, flushed at once:
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
@@ -63,7 +66,8 @@ async def no_discovery(domain: str, loop: Any = None, logger: Any = None) -> lis
     return []
 
 
-async def run(args: argparse.Namespace) -> None:
+def aioxmpp_guard(args: argparse.Namespace) -> tuple[Any, Callable[[], None], Any]:
+    """(guard, start, room): MUCGuard on a client pinned to the test server."""
     aioxmpp.node.discover_connectors = no_discovery
     jid = aioxmpp.JID.fromstr(args.jid).replace(resource="bot")
     client = aioxmpp.PresenceManagedClient(
@@ -71,21 +75,44 @@ async def run(args: argparse.Namespace) -> None:
         override_peer=[(LOOPBACK, args.port, aioxmpp.connector.STARTTLSConnector())])
     guard = client.summon(muc_guard.MUCGuard)
     guard.on_rejoined.connect(lambda room, _: say("rejoined", room))
-    await guard.open_store(args.db)
-    stored = {info.jid for info in guard.rooms()}
-    client.presence = aioxmpp.PresenceState(True)
 
-    async def join(room: aioxmpp.JID) -> None:
+    def start() -> None:
+        client.presence = aioxmpp.PresenceState(True)
+
+    return guard, start, aioxmpp.JID.fromstr
+
+
+def slixmpp_guard(args: argparse.Namespace) -> tuple[Any, Callable[[], None], Any]:
+    """(guard, start, room): the muc_guard plugin on a client pinned to the test server."""
+    from slixkit import guarded_client
+
+    xmpp, guard = guarded_client(LOOPBACK, args.port, f"{args.jid}/bot",
+                                 os.environ["MUC_GUARD_PASSWORD"])
+    xmpp.add_event_handler("muc_guard_rejoined", lambda data: say("rejoined", data["room"]))
+    return guard, xmpp.keep_connected, str
+
+
+FRONTENDS = {"aioxmpp": aioxmpp_guard, "slixmpp": slixmpp_guard}
+
+
+async def run(args: argparse.Namespace) -> None:
+    guard, start, room_of = FRONTENDS[args.frontend](args)
+    await guard.open_store(args.db)
+    stored = {str(info.jid) for info in guard.rooms()}
+    start()
+
+    async def join(room: Any) -> None:
         await guard.join(room, "bot")
         say("joined", room)
 
-    rooms = [aioxmpp.JID.fromstr(room) for room in args.room]
-    await asyncio.gather(*(join(room) for room in rooms if room not in stored))
+    rooms = [room_of(room) for room in args.room]
+    await asyncio.gather(*(join(room) for room in rooms if str(room) not in stored))
     await asyncio.Event().wait()        # until killed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--frontend", choices=sorted(FRONTENDS), default="aioxmpp")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--jid", required=True)
     parser.add_argument("--db", required=True)

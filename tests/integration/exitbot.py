@@ -1,7 +1,8 @@
 """A guarded bot that ends badly: the child process of tests/integration/test_exit.py.
 
-Run as ``python exitbot.py MODE --db FILE``. It needs no XMPP server: the
-client is never started. It opens the store, joins ROOM (the join is stored
+Run as ``python exitbot.py MODE --db FILE`` (``--frontend slixmpp``: with the
+slixmpp plugin instead of ``muc_guard.MUCGuard``, the same steps). It needs
+no XMPP server: the client is never started. It opens the store, joins ROOM (the join is stored
 at once, then waits for a server that never comes: it is bounded).
 With ``--port PORT --jid JID --room ROOM`` (password in
 ``MUC_GUARD_PASSWORD``) it connects to 127.0.0.1:PORT and really joins. Then it
@@ -28,52 +29,58 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import threading
 import time
 
+from collections.abc import Callable
+from typing import Any
+
 import aioxmpp
-import aioxmpp.connector
-import aioxmpp.node
 
 import muc_guard
+import muc_guard.slixmpp
 from muc_guard.core.continuity import Position
-from muc_guard.testing.prosody import LOOPBACK, security_layer
 
-from crashbot import no_discovery, say, slow_commits
+from crashbot import FRONTENDS, say, slow_commits
 
 ACCOUNT = "exitbot@localhost"
 ROOM = "room@conference.localhost"
 LAST_ID = "pending-position"
 
 
-def make_client(args: argparse.Namespace) -> aioxmpp.PresenceManagedClient:
-    if args.port is None:
-        return aioxmpp.PresenceManagedClient(aioxmpp.JID.fromstr(ACCOUNT),
-                                             aioxmpp.make_security_layer("unused"))
-    aioxmpp.node.discover_connectors = no_discovery
-    return aioxmpp.PresenceManagedClient(
-        aioxmpp.JID.fromstr(args.jid), security_layer(os.environ["MUC_GUARD_PASSWORD"]),
-        override_peer=[(LOOPBACK, args.port, aioxmpp.connector.STARTTLSConnector())])
+def unconnected_guard(args: argparse.Namespace) -> tuple[Any, Callable[[], None], Any]:
+    """(guard, start, room) of a client of ACCOUNT that never connects."""
+    if args.frontend == "aioxmpp":
+        client = aioxmpp.PresenceManagedClient(aioxmpp.JID.fromstr(ACCOUNT),
+                                               aioxmpp.make_security_layer("unused"))
+        return client.summon(muc_guard.MUCGuard), client.start, aioxmpp.JID.fromstr
+    from slixkit import BotClient
+
+    xmpp = BotClient(ACCOUNT, "unused")
+    xmpp.register_plugin("muc_guard", module=muc_guard.slixmpp)
+    return xmpp.plugin["muc_guard"], xmpp.keep_connected, str
 
 
 async def main(args: argparse.Namespace) -> None:
-    client = make_client(args)
-    guard = client.summon(muc_guard.MUCGuard)
+    if args.port is None:
+        guard, _, room_of = unconnected_guard(args)
+    else:
+        guard, start, room_of = FRONTENDS[args.frontend](args)
+    room = room_of(args.room)
     await guard.open_store(args.db)
     if args.port is not None:
-        client.presence = aioxmpp.PresenceState(True)
-        await asyncio.wait_for(guard.join(args.room, "bot"), 20)
+        start()
+        await asyncio.wait_for(guard.join(room, "bot"), 20)
         say("joined")
     else:
         try:
-            await asyncio.wait_for(guard.join(args.room, "bot"), 0.1)   # stored, not joined
+            await asyncio.wait_for(guard.join(room, "bot"), 0.1)   # stored, not joined
         except asyncio.TimeoutError:
             pass
     if args.mode == "loop-close-cut":
         slow_commits(3600.0)
     engine = guard._guard
-    rec = engine.core.rooms[aioxmpp.JID.fromstr(args.room)]
+    rec = engine.core.rooms[room]
     rec.position = Position(LAST_ID, time.time(), ())
     engine.writer.mark(rec, lazy=True, now=args.mode == "loop-close-cut")
     await asyncio.sleep(0.05)      # a cut write is inside its transaction now
@@ -90,6 +97,7 @@ def run() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["raise", "shutdown-raise", "return", "loop-close",
                                          "loop-close-cut", "wait"])
+    parser.add_argument("--frontend", choices=sorted(FRONTENDS), default="aioxmpp")
     parser.add_argument("--db", required=True)
     parser.add_argument("--port", type=int)
     parser.add_argument("--jid")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -22,6 +23,21 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 90.0
 
 pytestmark = pytest.mark.integration
+
+#: per scenario that measures the slixmpp front-end: a figure of the guard
+#: and one of plain slixmpp, each of which must have samples
+SLIXMPP_ROWS = [
+    (1, "slixmpp guard: 110+333 received → muc_guard_rejoined", "ms"),
+    (1, "slixmpp hand-written loop: 110+333 received → join_muc_wait returned", "ms"),
+    (2, "slixmpp guard: last stanza → detected", "s"),
+    (2, "plain slixmpp: detected → rejoined (hand-written loop)", "ms"),
+    (3, "slixmpp guard: first detection → each room rejoined", "s"),
+    (3, "plain slixmpp: first detection → each room rejoined", "s"),
+    (5, "slixmpp guard: CPU per message delivered", "µs"),
+    (5, "slixmpp plain: CPU per message received", "µs"),
+    (9, "slixmpp guard in 10 rooms: 110+333 received → muc_guard_rejoined", "ms"),
+    (9, "slixmpp floor: plain slixmpp join of a fresh room", "ms"),
+]
 
 
 @pytest.mark.timeout(TIMEOUT + 30)
@@ -47,3 +63,9 @@ def test_bench_smoke(tmp_path: pathlib.Path) -> None:
     text = results.read_text()
     assert "## Targets" in text and "## Figures" in text
     assert "Prosody (`dpkg-query -W prosody`)" in text
+    # scenarios 1, 2, 3, 5 and 9 measure the slixmpp front-end too (--frontend both)
+    assert "| front-ends measured (scenarios 1, 2, 3, 5, 9) | aioxmpp, slixmpp |" in text
+    for number, figure, unit in SLIXMPP_ROWS:
+        row = re.compile(rf"^\| {number} \| {re.escape(figure)} \| {unit} \| [1-9]\d* \|",
+                         re.MULTILINE)
+        assert row.search(text), f"no samples for ({number}, {figure!r})"

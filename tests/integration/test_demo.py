@@ -2,7 +2,9 @@
 
 The demo starts its own Prosody and bot processes; here it runs with TMPDIR
 pointed at the test's own directory, so that whatever it leaves behind (a
-work dir, a process whose command line names it) is found.
+work dir, a process whose command line names it) is found, and with this
+checkout first on PYTHONPATH (the demo and its bot run this muc_guard, not
+an installed one). Each case runs with both front-ends (``--frontend``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 
 import pytest
 
+from guardkit import checkout_env
 from prosody import pid_running
 
 pytestmark = pytest.mark.integration
@@ -39,6 +42,7 @@ def run_demo(tmp_path: pathlib.Path, *args: str) -> subprocess.CompletedProcess[
     env = {k: v for k, v in os.environ.items()
            if k not in ("MUC_GUARD_PASSWORD", "MUC_GUARD_JID")}
     env["TMPDIR"] = str(tmp_path)
+    checkout_env(env)
     return subprocess.run([sys.executable, str(DEMO), *args], cwd=REPO, env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT)
@@ -60,9 +64,10 @@ def processes_naming(path: pathlib.Path) -> list[str]:
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
+@pytest.mark.parametrize("frontend", ["aioxmpp", "slixmpp"])
 @pytest.mark.parametrize("args", [(), ("-v", "--keep")], ids=["plain", "verbose-keep"])
-def test_demo_tells_the_whole_story_and_cleans_up(tmp_path, args):
-    done = run_demo(tmp_path, *args)
+def test_demo_tells_the_whole_story_and_cleans_up(tmp_path, args, frontend):
+    done = run_demo(tmp_path, *args, *(["--frontend", frontend] if frontend != "aioxmpp" else []))
     out = done.stdout
     report = f"exit code {done.returncode}\n--- stdout ---\n{out}\n--- stderr ---\n{done.stderr}"
     assert done.returncode == 0, report
@@ -75,6 +80,9 @@ def test_demo_tells_the_whole_story_and_cleans_up(tmp_path, args):
     if "--keep" in args:
         config = (next(tmp_path.glob("muc-guard-demo-*")) / "prosody" / "prosody.cfg.lua")
         assert "c2s_require_encryption = true" in config.read_text(), report
+    script = "logger_bot.py" if frontend == "aioxmpp" else "slixmpp_logger_bot.py"
+    assert f"The bot: {script}, muc_guard on {frontend}." in out, report
+    assert f"started {script} (pid" in out, report
     assert "\033[" not in out, "no colours when stdout is not a terminal"
     assert re.search(r"^\[\s*\d+\.\d{3}s\] ", out, re.MULTILINE), "timestamped lines"
     # the inspector's table
@@ -104,6 +112,6 @@ def test_demo_help_reads_well(tmp_path):
     done = run_demo(tmp_path, "--help")
     assert done.returncode == 0, done.stderr
     for text in ("--keep", "--verbose", "127.0.0.1", "110+333", "self-ping", "Exit status",
-                 "scripts/demo"):
+                 "scripts/demo", "--frontend", "slixmpp_logger_bot.py"):
         assert text in done.stdout, text
     assert list(tmp_path.iterdir()) == []   # --help starts nothing

@@ -1,5 +1,9 @@
 """The example bots in examples/bots/, run as real processes against Prosody.
 
+Every bot exists for both front-ends (echo_bot.py and slixmpp_echo_bot.py,
+logger_bot.py and slixmpp_logger_bot.py); each scenario runs with both
+(``over_frontends``, ``bot_script``).
+
 Each bot runs as a subprocess of this test (``sys.executable``), pinned to
 the test server with ``--server 127.0.0.1:PORT`` and given its password
 through ``MUC_GUARD_PASSWORD``. Against the TLS server (``over_both``) it
@@ -26,9 +30,10 @@ from typing import Any
 import aioxmpp
 import pytest
 
-from guardkit import checkout_env, over_both, over_verified_tls
+from guardkit import checkout_env, over_both, over_frontends, over_verified_tls
 from muc_guard.core.continuity import digest, recent_from_json
 from muc_guard.testing.certs import TestCA
+from muc_guard.testing.process import free_port
 from prosody import ProsodyServer, connected
 
 pytestmark = pytest.mark.integration
@@ -37,6 +42,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BOTS = ROOT / "examples" / "bots"
 START_TIMEOUT = 20.0
 EXIT_TIMEOUT = 10.0
+
+FRONTENDS = ("aioxmpp", "slixmpp")
+
+
+def bot_script(kind: str, frontend: str) -> str:
+    """``bot_script("echo", "slixmpp")`` -> "slixmpp_echo_bot.py"."""
+    return f"{kind}_bot.py" if frontend == "aioxmpp" else f"{frontend}_{kind}_bot.py"
+
+
+ALL_SCRIPTS = [bot_script(kind, frontend) for frontend in FRONTENDS
+               for kind in ("echo", "logger")]
 
 
 class BotProcess:
@@ -176,7 +192,7 @@ def run_script(script: str, *args: str,
                           capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.parametrize("script", ["echo_bot.py", "logger_bot.py"])
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
 def test_help_explains_the_password_variable(script):
     done = run_script(script, "--help")
     assert done.returncode == 0, done.stderr
@@ -184,7 +200,7 @@ def test_help_explains_the_password_variable(script):
     assert "--server" in done.stdout and "examples:" in done.stdout
 
 
-@pytest.mark.parametrize("script", ["echo_bot.py", "logger_bot.py"])
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
 def test_missing_password_is_a_clear_error(script, tmp_path):
     done = run_script(script, "--jid", "bot@localhost", "--room", "r@conference.localhost",
                       "--db", str(tmp_path / "bot.db"))
@@ -193,7 +209,8 @@ def test_missing_password_is_a_clear_error(script, tmp_path):
     assert not (tmp_path / "bot.db").exists()
 
 
-def test_bad_flags_are_clear_errors(tmp_path):
+@over_frontends
+def test_bad_flags_are_clear_errors(tmp_path, frontend):
     env = {"MUC_GUARD_PASSWORD": "x"}
     for args, words in [
         (["--room", "r@conference.localhost"], "--jid"),
@@ -202,7 +219,7 @@ def test_bad_flags_are_clear_errors(tmp_path):
         (["--jid", "bot@localhost", "--insecure-plaintext"], "--server"),
         (["--jid", "bot@localhost", "--server", "host:99999"], "--server"),
     ]:
-        done = run_script("echo_bot.py", *args, env=env)
+        done = run_script(bot_script("echo", frontend), *args, env=env)
         assert done.returncode == 2, (args, done.stderr)
         assert words in done.stderr.splitlines()[-1], (args, done.stderr)
 
@@ -211,10 +228,11 @@ def test_bad_flags_are_clear_errors(tmp_path):
 
 
 @over_both
+@over_frontends
 async def test_echo_bot_answers_and_survives_a_333_kick(prosody, bots, account, room_jid,
-                                                         talker, tmp_path):
+                                                         talker, tmp_path, frontend):
     jid, password = account("echo")
-    bot = await bots("echo_bot.py", jid, password, "--room", str(room_jid),
+    bot = await bots(bot_script("echo", frontend), jid, password, "--room", str(room_jid),
                      "--db", str(tmp_path / "echo.db"))
     await until(lambda: in_room(prosody, room_jid, "bot"), "echo bot in the room",
                 START_TIMEOUT, bot)
@@ -240,13 +258,16 @@ async def test_echo_bot_answers_and_survives_a_333_kick(prosody, bots, account, 
     assert not await in_room(prosody, room_jid, "bot")
 
 
-async def test_kicked_bot_stays_out_until_forgotten(prosody, bots, account, room_jid, tmp_path):
+@over_frontends
+async def test_kicked_bot_stays_out_until_forgotten(prosody, bots, account, room_jid, tmp_path,
+                                                    frontend):
     """A 307 kick is the room's will: the bot gives up, a restart does not
     rejoin, and `muc-guard forget` on its store makes it want the room again."""
     jid, password = account("kicked")
     db = tmp_path / "kicked.db"
     args = ("--room", str(room_jid), "--db", str(db))
-    bot = await bots("echo_bot.py", jid, password, *args)
+    script = bot_script("echo", frontend)
+    bot = await bots(script, jid, password, *args)
     await until(lambda: in_room(prosody, room_jid, "bot"), "bot in the room", START_TIMEOUT, bot)
     await prosody.kick(room_jid, "bot")
     await until(lambda: "gave up on" in bot.log(), "the guard gives up", 10, bot)
@@ -260,7 +281,7 @@ async def test_kicked_bot_stays_out_until_forgotten(prosody, bots, account, room
         str(room_jid), "gave-up", "kicked", 1)
 
     seen = len(bot.log())
-    bot = await bots("echo_bot.py", jid, password, *args)
+    bot = await bots(script, jid, password, *args)
     await until(lambda: "not joining" in bot.log()[seen:], "the restart refuses", 10, bot)
     assert "muc-guard forget" in bot.log()[seen:]
     await until(lambda: "connected as" in bot.log()[seen:], "the restart connects", 10, bot)
@@ -271,7 +292,7 @@ async def test_kicked_bot_stays_out_until_forgotten(prosody, bots, account, room
 
     forgot = cli("forget", str(room_jid), "--db", str(db))
     assert forgot.returncode == 0 and f"forgot {room_jid}" in forgot.stdout, forgot.stderr
-    bot = await bots("echo_bot.py", jid, password, *args)
+    bot = await bots(script, jid, password, *args)
     await until(lambda: in_room(prosody, room_jid, "bot"), "back after forget", START_TIMEOUT, bot)
     bot.send_signal(signal.SIGTERM)
     assert await bot.wait() == 0, bot.log()
@@ -283,17 +304,18 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @over_verified_tls
+@over_frontends
 @pytest.mark.parametrize("ca_flag", [False, True], ids=["system-cas", "other-ca-file"])
 def test_untrusted_certificate_exits_1_with_one_clear_line(prosody, account, tmp_path,
-                                                            ca_flag):
+                                                            ca_flag, frontend):
     """Verification is on by default: a certificate from a CA the bot does
     not trust ends the bot at once (no retries), with one line saying why."""
     jid, password = account("untrusting")
     other = tmp_path / "other-ca.pem"
     other.write_bytes(TestCA(tmp_path / "other").ca_file.read_bytes())
     started = time.monotonic()
-    done = run_script("echo_bot.py", "--jid", str(jid), "--room", "r@conference.localhost",
-                      "--db", str(tmp_path / "bot.db"),
+    done = run_script(bot_script("echo", frontend), "--jid", str(jid),
+                      "--room", "r@conference.localhost", "--db", str(tmp_path / "bot.db"),
                       "--server", f"{prosody.host}:{prosody.port}",
                       *(["--ca-file", str(other)] if ca_flag else []),
                       env={"MUC_GUARD_PASSWORD": password})
@@ -305,15 +327,32 @@ def test_untrusted_certificate_exits_1_with_one_clear_line(prosody, account, tmp
     assert "Traceback" not in done.stderr and "InvalidStateError" not in done.stderr
 
 
-def test_wrong_password_exits_1(prosody, account, tmp_path):
+@over_frontends
+def test_wrong_password_exits_1(prosody, account, tmp_path, frontend):
     jid, _ = account("wrongpw")
-    done = run_script("echo_bot.py", "--jid", str(jid), "--room", "r@conference.localhost",
+    done = run_script(bot_script("echo", frontend), "--jid", str(jid), "--room", "r@conference.localhost",
                       "--db", str(tmp_path / "bot.db"),
                       "--server", f"{prosody.host}:{prosody.port}", "--insecure-plaintext",
                       env={"MUC_GUARD_PASSWORD": "not the password"})
     assert done.returncode == 1
     assert "authentication failed" in done.stderr and "MUC_GUARD_PASSWORD" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@over_frontends
+def test_unreachable_server_exits_1_after_a_few_attempts(tmp_path, frontend):
+    """Nothing listens at --server: a few attempts, then exit status 1 and one
+    line saying why (a bot that never had a session does not wait for ever)."""
+    started = time.monotonic()
+    done = run_script(bot_script("echo", frontend), "--jid", "bot@localhost",
+                      "--room", "r@conference.localhost", "--db", str(tmp_path / "bot.db"),
+                      "--server", f"127.0.0.1:{free_port()}", "--insecure-plaintext",
+                      env={"MUC_GUARD_PASSWORD": "x"})
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 15
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "cannot connect as bot@localhost" in errors[0], done.stderr
+    assert "connection failed" in done.stderr and "Traceback" not in done.stderr
 
 
 # --- the logger bot ------------------------------------------------------------------
@@ -342,14 +381,15 @@ def position_holds(db: pathlib.Path, room: aioxmpp.JID, nick: str, body: str) ->
     return bool(row) and digest(nick, body) in {key for key, _ in recent_from_json(row[0])}
 
 
+@over_frontends
 async def test_logger_bot_loses_nothing_across_sigkill(prosody, bots, account, room_jid,
-                                                        talker, tmp_path):
+                                                        talker, tmp_path, frontend):
     await prosody.create_room(room_jid, history_length=100)
     jid, password = account("logger")
     db, log_dir = tmp_path / "logger.db", tmp_path / "logs"
     args = ("--room", str(room_jid), "--db", str(db), "--log-dir", str(log_dir))
     logfile = log_dir / f"{room_jid}.log"
-    bot = await bots("logger_bot.py", jid, password, *args)
+    bot = await bots(bot_script("logger", frontend), jid, password, *args)
     await until(lambda: in_room(prosody, room_jid, "bot"), "logger in the room",
                 START_TIMEOUT, bot)
     me = await talker()
@@ -377,7 +417,7 @@ async def test_logger_bot_loses_nothing_across_sigkill(prosody, bots, account, r
     await until(lambda: sum(nick == "talker" for nick, _ in me.heard) >= 60,
                 "the talker's 60 messages reflected (so they are in the room's history)", 10)
 
-    bot = await bots("logger_bot.py", jid, password, *args)
+    bot = await bots(bot_script("logger", frontend), jid, password, *args)
     await until(lambda: in_room(prosody, room_jid, "bot"), "logger back in the room",
                 START_TIMEOUT, bot)
     await until(lambda: len(log_lines(logfile)) >= 60, "60 lines after the restart", 10, bot)

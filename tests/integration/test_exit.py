@@ -9,7 +9,8 @@ was committed is there, and what was pending is written where it could be.
 
 The first cases need no server (tests/integration/exitbot.py never
 connects); the last run the example bots against Prosody and stop them with
-SIGTERM and SIGINT, as a supervisor and a terminal do.
+SIGTERM and SIGINT, as a supervisor and a terminal do. Every case runs with
+both front-ends (``frontend``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from guardkit import checkout_env
+from guardkit import checkout_env, over_frontends
 import test_examples as examples
 from test_examples import bots, talker  # noqa: F401  (fixtures)
 
@@ -45,13 +46,14 @@ def child_env() -> dict[str, str]:
                          if not k.startswith("MUC_GUARD_")})
 
 
-def run_exitbot(mode: str, db: pathlib.Path, *args: str, env: dict[str, str] | None = None,
+def run_exitbot(mode: str, frontend: str, db: pathlib.Path, *args: str,
+                env: dict[str, str] | None = None,
                 bound: float = EXIT_BOUND) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Run exitbot.py to its end; returns it and its ``threads`` line."""
     started = time.monotonic()
     try:
         done = subprocess.run([sys.executable, str(HERE / "exitbot.py"), mode, "--db", str(db),
-                               *args],
+                               "--frontend", frontend, *args],
                               env={**child_env(), **(env or {})}, cwd=db.parent,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=bound)
@@ -89,8 +91,9 @@ def assert_failed_with_its_traceback(done: subprocess.CompletedProcess[str]) -> 
     assert "RuntimeError: the bot's own code failed" in done.stderr
 
 
-def test_raise_without_shutdown_exits_1_and_flushes(tmp_path):
-    done, threads = run_exitbot("raise", tmp_path / "bot.db")
+@over_frontends
+def test_raise_without_shutdown_exits_1_and_flushes(tmp_path, frontend):
+    done, threads = run_exitbot("raise", frontend, tmp_path / "bot.db")
     assert_failed_with_its_traceback(done)
     assert threads == ["MainThread"]              # aiosqlite's thread ended with the loop
     state = store_state(tmp_path / "bot.db")
@@ -100,11 +103,12 @@ def test_raise_without_shutdown_exits_1_and_flushes(tmp_path):
     assert "without shutdown()" in done.stderr
 
 
-def test_raise_while_connected_and_joined_exits_1(prosody, account, room_jid, tmp_path):
+@over_frontends
+def test_raise_while_connected_and_joined_exits_1(prosody, account, room_jid, tmp_path, frontend):
     """The same with a live stream, a joined room and their timers (self-ping,
     stream watchdog): nothing of muc_guard or aioxmpp keeps the process."""
     jid, password = account("connected")
-    done, threads = run_exitbot("raise", tmp_path / "bot.db", "--port", str(prosody.port),
+    done, threads = run_exitbot("raise", frontend, tmp_path / "bot.db", "--port", str(prosody.port),
                                 "--jid", str(jid), "--room", str(room_jid),
                                 env={"MUC_GUARD_PASSWORD": password},
                                 bound=EXIT_BOUND + 20)   # the join itself may take a while
@@ -115,8 +119,9 @@ def test_raise_while_connected_and_joined_exits_1(prosody, account, room_jid, tm
     assert (state["integrity"], state["rooms"]) == ("ok", {str(room_jid): PENDING})
 
 
-def test_raise_after_shutdown_exits_1(tmp_path):
-    done, threads = run_exitbot("shutdown-raise", tmp_path / "bot.db")
+@over_frontends
+def test_raise_after_shutdown_exits_1(tmp_path, frontend):
+    done, threads = run_exitbot("shutdown-raise", frontend, tmp_path / "bot.db")
     assert_failed_with_its_traceback(done)
     assert threads == ["MainThread"]
     state = store_state(tmp_path / "bot.db")
@@ -126,8 +131,9 @@ def test_raise_after_shutdown_exits_1(tmp_path):
     assert "without shutdown()" not in done.stderr
 
 
-def test_return_from_asyncio_run_without_shutdown_exits_0(tmp_path):
-    done, threads = run_exitbot("return", tmp_path / "bot.db")
+@over_frontends
+def test_return_from_asyncio_run_without_shutdown_exits_0(tmp_path, frontend):
+    done, threads = run_exitbot("return", frontend, tmp_path / "bot.db")
     assert done.returncode == 0, done.stderr
     assert threads == ["MainThread"]
     state = store_state(tmp_path / "bot.db")
@@ -135,19 +141,21 @@ def test_return_from_asyncio_run_without_shutdown_exits_0(tmp_path):
     assert not any(state["clean"].values())
 
 
-def test_loop_closed_without_cancelling_tasks_exits_0(tmp_path):
+@over_frontends
+def test_loop_closed_without_cancelling_tasks_exits_0(tmp_path, frontend):
     """run_until_complete + close: no task is cancelled, so the exit hook
     closes the store (from a fresh loop) and writes what was pending."""
-    done, _ = run_exitbot("loop-close", tmp_path / "bot.db")
+    done, _ = run_exitbot("loop-close", frontend, tmp_path / "bot.db")
     assert done.returncode == 0, done.stderr
     state = store_state(tmp_path / "bot.db")
     assert (state["integrity"], state["rooms"]) == ("ok", {ROOM: PENDING})
 
 
-def test_loop_closed_inside_a_write_exits_and_keeps_what_was_committed(tmp_path):
+@over_frontends
+def test_loop_closed_inside_a_write_exits_and_keeps_what_was_committed(tmp_path, frontend):
     """The loop ends while a write is inside its transaction (COMMIT held):
     that write rolls back, what was committed before stays."""
-    done, _ = run_exitbot("loop-close-cut", tmp_path / "bot.db")
+    done, _ = run_exitbot("loop-close-cut", frontend, tmp_path / "bot.db")
     assert done.returncode == 0, done.stderr
     assert "commit-begin" in done.stdout and "commit-end" not in done.stdout
     state = store_state(tmp_path / "bot.db")
@@ -155,11 +163,13 @@ def test_loop_closed_inside_a_write_exits_and_keeps_what_was_committed(tmp_path)
     assert "cut off when the event loop ended" in done.stderr
 
 
-def test_ctrl_c_on_a_bot_without_signal_handlers(tmp_path):
+@over_frontends
+def test_ctrl_c_on_a_bot_without_signal_handlers(tmp_path, frontend):
     """asyncio.run turns SIGINT into a cancel of the main task: the process
     ends with KeyboardInterrupt, and the store is flushed and closed."""
     db = tmp_path / "bot.db"
-    proc = subprocess.Popen([sys.executable, str(HERE / "exitbot.py"), "wait", "--db", str(db)],
+    proc = subprocess.Popen([sys.executable, str(HERE / "exitbot.py"), "wait", "--db", str(db),
+                             "--frontend", frontend],
                             env=child_env(), cwd=tmp_path, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -200,11 +210,12 @@ async def stopped_by(bot: examples.BotProcess, sig: int) -> None:
     assert "Traceback" not in bot.log() and "without shutdown()" not in bot.log()
 
 
+@over_frontends
 async def test_sigterm_stops_the_echo_bot_cleanly(prosody, bots, account, room_jid,  # noqa: F811
-                                                  tmp_path, this_checkout):
+                                                  tmp_path, this_checkout, frontend):
     jid, password = account("sigterm")
     db = tmp_path / "echo.db"
-    bot = await bots("echo_bot.py", jid, password, "--room", str(room_jid), "--db", str(db))
+    bot = await bots(examples.bot_script("echo", frontend), jid, password, "--room", str(room_jid), "--db", str(db))
     await examples.until(lambda: examples.in_room(prosody, room_jid, "bot"), "echo bot in",
                          examples.START_TIMEOUT, bot)
     await stopped_by(bot, signal.SIGTERM)
@@ -213,11 +224,13 @@ async def test_sigterm_stops_the_echo_bot_cleanly(prosody, bots, account, room_j
     assert state["clean"] == {str(jid): 1}
 
 
+@over_frontends
 async def test_sigint_stops_the_logger_bot_and_flushes(prosody, bots, account, room_jid,  # noqa: F811
-                                                       talker, tmp_path, this_checkout):  # noqa: F811
+                                                       talker, tmp_path, this_checkout,  # noqa: F811
+                                                       frontend):
     jid, password = account("sigint")
     db, log_dir = tmp_path / "logger.db", tmp_path / "logs"
-    bot = await bots("logger_bot.py", jid, password, "--room", str(room_jid), "--db", str(db),
+    bot = await bots(examples.bot_script("logger", frontend), jid, password, "--room", str(room_jid), "--db", str(db),
                      "--log-dir", str(log_dir))
     await examples.until(lambda: examples.in_room(prosody, room_jid, "bot"), "logger in",
                          examples.START_TIMEOUT, bot)

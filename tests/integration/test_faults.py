@@ -49,7 +49,7 @@ import aioxmpp.ping
 import pytest
 
 import muc_guard
-from guardkit import Bot, checkout_env, occupant_nicks_of
+from guardkit import Bot, GuardedBot, checkout_env, occupant_nicks_of, over_frontends
 from muc_guard.store import Store
 from prosody import ProsodyAdminError, ProsodyServer, connected, stop_client
 
@@ -97,7 +97,7 @@ def guard_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
             if record.name.startswith("muc_guard") and record.levelno >= logging.ERROR]
 
 
-async def all_rejoined(bot: Bot, rooms: list[aioxmpp.JID], after: int,
+async def all_rejoined(bot: GuardedBot, rooms: list[aioxmpp.JID], after: int,
                        timeout: float) -> float:
     """Wait until every room fired on_rejoined at event index >= `after`;
     return the monotonic time of the last of them."""
@@ -335,32 +335,28 @@ class Talker:
 
 
 @pytest.mark.timeout(sized(60, 240))
-async def test_server_crash_loop_loses_no_accepted_message(prosody_factory, make_client, account,
-                                                           tmp_path, rng, caplog, fault_report):
+async def test_server_crash_loop_loses_no_accepted_message(prosody_factory, make_client, make_bot,
+                                                           account, tmp_path, rng, caplog,
+                                                           fault_report):
     """Bot in 20 archived rooms with live traffic; the server is killed with
     SIGKILL at random moments and restarted. After each restart every room
     is rejoined, and in the end every message the server accepted was
-    delivered once."""
+    delivered once. Runs with each front-end (the ``frontend`` fixture)."""
     kills = sized(3, 10)
     server = prosody_factory(mam=True)
     rooms = room_names(20, "crash")
     for room in rooms:
         await server.create_room(room, mam=True)
     jid, pw = account("crashbot", server=server)
-    bot = Bot(make_client, jid, pw, server=server)
-    await bot.guard.open_store(tmp_path / "bot.db")
-    delivered: Counter[str] = Counter()
-    recovered_flags: list[bool] = []
+    bot = make_bot(jid, pw, server=server)
+    await bot.open_store(tmp_path / "bot.db")
 
-    def record(room: aioxmpp.JID, message: aioxmpp.Message, *, recovered: bool,
-               own: bool) -> None:
-        delivered.update([message.body.any()])
-        recovered_flags.append(recovered)
+    def delivered() -> Counter[str]:
+        return Counter(body for body, _, _ in bot.messages)
 
-    bot.guard.on_message.connect(record)
     await bot.start()
     for room in rooms:
-        await bot.guard.join(room, "bot")
+        await bot.join(room, "bot")
     tjid, tpw = account("talker", server=server)
     talker = Talker(make_client, server, tjid, tpw, rooms)
 
@@ -400,16 +396,17 @@ async def test_server_crash_loop_loses_no_accepted_message(prosody_factory, make
         await talker.stop()
 
     deadline = time.monotonic() + 20
-    while not talker.accepted <= set(delivered) and time.monotonic() < deadline:
+    while not talker.accepted <= set(delivered()) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)                      # a late duplicate would show up now
-    lost = talker.accepted - set(delivered)
-    recovered = sum(recovered_flags)
-    duplicated = sorted(body for body, n in delivered.items() if n > 1)
-    extra = set(delivered) - talker.accepted
+    got = delivered()
+    lost = talker.accepted - set(got)
+    recovered = sum(1 for _, was_recovered, _ in bot.messages if was_recovered)
+    duplicated = sorted(body for body, n in got.items() if n > 1)
+    extra = set(got) - talker.accepted
     fault_report(rooms=len(rooms), kills=kills, modes=dict(Counter(modes)), said=talker.said,
                  accepted=len(talker.accepted),
-                 delivered=len(delivered), recovered=recovered, lost=len(lost),
+                 delivered=len(got), recovered=recovered, lost=len(lost),
                  duplicated=len(duplicated),
                  delivered_not_reflected=len(extra),
                  longest_outage_s=round(max(outages), 2),
@@ -523,8 +520,9 @@ def check_store(db: pathlib.Path, account: str) -> dict[str, int]:
 
 
 @pytest.mark.timeout(sized(60, 300))
+@over_frontends
 async def test_bot_crash_loop_keeps_the_store_whole(prosody, make_client, account, tmp_path, rng,
-                                                    fault_report):
+                                                    fault_report, frontend):
     """The bot process is killed with SIGKILL again and again, at random
     moments and inside store writes. Each time the store opens cleanly
     (integrity_check ok) and holds every wanted room once, and the restarted
@@ -535,7 +533,8 @@ async def test_bot_crash_loop_keeps_the_store_whole(prosody, make_client, accoun
     tjid, tpw = account("talker")
     db = tmp_path / "bot.db"
     talker = Talker(make_client, prosody, tjid, tpw, rooms)   # creates the rooms, then talks
-    args = ["--port", str(prosody.port), "--jid", str(jid), "--db", str(db), "--hold", "0.2",
+    args = ["--frontend", frontend,
+            "--port", str(prosody.port), "--jid", str(jid), "--db", str(db), "--hold", "0.2",
             *(arg for room in rooms for arg in ("--room", str(room)))]
     # Where to kill: inside one of the first store writes after the start
     # (the joins and rejoins), inside a later one (message positions), or at

@@ -5,6 +5,11 @@ throw-away CA (``test_ca``, muc_guard.testing.certs). The client trusts that CA
 the way a user would (``SSL_CERT_FILE``, or an SSL context that loads it) and
 never switches verification off. aioxmpp 0.13.3's own check crashes on every
 such connection on current Python and pyOpenSSL; muc_guard.tls repairs it.
+
+The quick start runs on both front-ends; the refused-certificate tests are
+aioxmpp's (they check muc_guard.tls, its repair of aioxmpp's check: slixmpp
+verifies with the ssl module alone). The guard's scenarios over verified TLS
+(``over_both`` in test_guard.py) run on both front-ends.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import aioxmpp
 import aioxmpp.connector
 import pytest
-from guardkit import Bot, eventually, occupant_nicks_of, over_verified_tls
+from guardkit import CHECKOUT, Bot, eventually, occupant_nicks_of, over_verified_tls
 from prosody import ProsodyServer, connected, stop_client
 
 import muc_guard
@@ -109,3 +114,53 @@ async def test_expired_then_renewed_certificate(prosody_factory, account, make_c
     assert bot.client.established
     await bot.stop()
 
+
+
+def readme_python_after(heading: str) -> str:
+    """The first ```python block after `heading` in README.md."""
+    text = (CHECKOUT / "README.md").read_text(encoding="utf-8")
+    rest = text[text.index(heading + "\n"):]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start:rest.index("```\n", start)]
+
+
+@over_verified_tls
+async def test_readme_slixmpp_quick_start_connects_joins_and_rejoins(
+        prosody, account, room_jid, monkeypatch, tmp_path, capsys):
+    """README's slixmpp quick start, run as printed but for the names (the
+    test account and room, this server's address instead of DNS) and its
+    hour of sleep (a 110+333 kick and the rejoin); the private CA trusted
+    through SSL_CERT_FILE, certificate verification on."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(prosody.tls.ca_file))
+    jid, password = account("quickslix")
+    monkeypatch.setenv("BOT_PASSWORD", password)
+    monkeypatch.chdir(tmp_path)
+    code = readme_python_after("### Quick start on slixmpp")
+    assert code.count("xmpp.connect()") == 1 and "await asyncio.sleep(3600)" in code
+    code = (code.replace('"bot@example.org"', repr(str(jid)))
+            .replace('"room@conference.example.org"', repr(str(room_jid)))
+            .replace("xmpp.connect()", f"xmpp.connect({prosody.host!r}, {prosody.port})")
+            .replace("await asyncio.sleep(3600)", "await meanwhile(xmpp, guard)")
+            .replace("asyncio.run(main())", ""))
+    checked: list[str] = []
+
+    async def meanwhile(xmpp, guard) -> None:
+        assert await occupant_nicks_of(prosody, room_jid, jid) == ["bot"]
+        assert xmpp.is_connected() and xmpp.socket.version().startswith("TLS")
+        # a peer certificate with its fields is only there when it was verified
+        assert xmpp.socket.getpeercert()["subject"]
+        rejoined = asyncio.Event()
+        xmpp.add_event_handler("muc_guard_rejoined", lambda _: rejoined.set())
+        await prosody.kick_with_codes(room_jid, "bot", [333])
+        await asyncio.wait_for(rejoined.wait(), 10)
+        assert await eventually(lambda: occupant_nicks_of(prosody, room_jid, jid))
+        assert guard.room_info(str(room_jid)).drops == 1
+        checked.append("rejoined")
+
+    namespace = {"meanwhile": meanwhile}
+    exec(compile(code, "README.md (slixmpp quick start)", "exec"), namespace)
+    await asyncio.wait_for(namespace["main"](), 30)
+    assert checked == ["rejoined"]
+    out = capsys.readouterr().out
+    assert f"dropped {room_jid} Cause.SERVER_ERROR" in out and f"back in {room_jid} as bot" in out
+    assert (tmp_path / "bot.db").exists()

@@ -433,3 +433,44 @@ def test_python_dash_m(db):
                              capture_output=True, text=True, timeout=30)
     assert missing.returncode == 2
     assert missing.stderr == f"muc-guard: no such store: {db.parent / 'nope.db'}\n"
+
+
+# --- without aioxmpp ---------------------------------------------------------------
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def run_blocked(blocked: list[str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """``muc-guard ARGV`` in a Python where the `blocked` modules cannot be imported."""
+    shim = (f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
+            "from muc_guard.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    return subprocess.run([sys.executable, "-c", shim, *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("argv", [
+    ("rooms",),
+    ("rooms", "--json"),
+    ("rooms", "--account", "Helper@Example.org"),
+    ("forget", "Lounge@Conference.Example.org", "--account", "bot@example.org"),
+], ids=["table", "json", "account", "forget"])
+def test_the_command_needs_no_aioxmpp(db, tmp_path, capsys, argv):
+    """With aioxmpp unimportable (only slixmpp installed) the command reads
+    the store and the JIDs typed, and says exactly what it says with aioxmpp."""
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    copy.chmod(db.stat().st_mode & 0o777)
+    command, *rest = argv
+    expected = run(capsys, command, "--db", str(copy), *rest)
+    done = run_blocked(["aioxmpp"], command, "--db", str(db), *rest)
+    assert "aioxmpp" not in done.stderr
+    assert (done.returncode, done.stdout.replace(str(db), str(copy)), done.stderr) == expected
+    if command == "forget":
+        assert LOUNGE not in run(capsys, "rooms", "--db", str(db), "--account", BOT)[1]
+
+
+def test_without_either_front_end_the_command_says_what_it_needs(db):
+    done = run_blocked(["aioxmpp", "slixmpp"], "rooms", "--db", str(db))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "muc-guard: reading a store needs aioxmpp or slixmpp installed\n"
