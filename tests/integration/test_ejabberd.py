@@ -35,13 +35,16 @@ def groupchat(text: str) -> aioxmpp.Message:
 
 
 async def guarded_bot(ejabberd, make_bot, ejabberd_account, room_jid, *, store=None,
-                      account=None, ping_idle: float | None = None) -> GuardedBot:
+                      account=None, ping_idle: float | None = None,
+                      ping_timeout: float | None = None) -> GuardedBot:
     """A started bot of the test's front-end in `room_jid` as "bot"
     (optionally with a store)."""
     jid, password = account or ejabberd_account("bot")
     bot = make_bot(jid, password, server=ejabberd)
     if ping_idle is not None:
         bot.guard.ping_idle = ping_idle
+    if ping_timeout is not None:
+        bot.guard.ping_timeout = ping_timeout
     if store is not None:
         await bot.open_store(store)
     await bot.start()
@@ -104,7 +107,10 @@ async def test_room_whose_process_dies(ejabberd, make_bot, ejabberd_account, roo
     occupants without a word; self-pings then get item-not-found, twice."""
     caplog.set_level(logging.DEBUG, logger="muc_guard")
     await ejabberd.create_room(room_jid, persistent=False)
-    bot = await guarded_bot(ejabberd, make_bot, ejabberd_account, room_jid, ping_idle=0.5)
+    # A self-ping the room process holds when it dies is never answered: it
+    # times out (ping_timeout, 30 s by default) before the next one goes out.
+    bot = await guarded_bot(ejabberd, make_bot, ejabberd_account, room_jid, ping_idle=0.5,
+                            ping_timeout=2.0)
     assert await nicks(ejabberd, room_jid, bot) == ["bot"]
 
     await ejabberd.kill_room(room_jid)
