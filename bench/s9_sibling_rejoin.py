@@ -52,7 +52,7 @@ import time
 from typing import Any
 
 from .common import Context, ProbeRecords, ScenarioResult, fmt, kick_and_wait
-from .stalls import StallWatch
+from .stalls import ServerLagWatch, StallWatch
 
 TITLE = "Signalled drop among 1,000 rooms on one service → that room rejoined"
 
@@ -112,6 +112,7 @@ async def _run(ctx: Context, res: ScenarioResult, side: Any) -> None:
     # (series, start, end) of every measured interval, for the stall report
     windows: list[tuple[str, float, float]] = []
     watch = StallWatch().start()
+    server_watch = await ServerLagWatch(ctx.server).start()
     short_rounds = 0
     failures = 0
     one_failures = 0
@@ -176,6 +177,7 @@ async def _run(ctx: Context, res: ScenarioResult, side: Any) -> None:
                               - min(p.sent for p in this_round))
 
     await watch.stop()
+    await server_watch.stop()
     await ctx.cleanup()
 
     ms = lambda xs: [x * 1000 for x in xs]  # noqa: E731
@@ -217,25 +219,30 @@ async def _run(ctx: Context, res: ScenarioResult, side: Any) -> None:
     res.note(f"{side_note}{len(sends.pings):,} self-pings queued in all, every one a sibling check "
              f"(ping_idle = {PING_IDLE / 3600:g} h). The p99 of {s.n} samples is close to "
              f"their maximum.")
-    _note_stalls(res, side_note, watch, windows)
+    _note_stalls(res, side_note, watch, server_watch, windows)
     if not label:
         res.note(f"Server: Prosody with network_settings "
                  f"nagle={str(ctx.server.nagle).lower()}.")
 
 
 def _note_stalls(res: ScenarioResult, side_note: str, watch: StallWatch,
-                 windows: list[tuple[str, float, float]]) -> None:
+                 server_watch: ServerLagWatch, windows: list[tuple[str, float, float]]
+                 ) -> None:
     """The slowest measured intervals, each with how much of it this process
-    spent collecting garbage or with its event loop stalled (bench/stalls.py):
-    a tail that the process shares is not the rejoin's own."""
+    spent collecting garbage or with its event loop stalled, and Prosody's
+    event loop stalled (bench/stalls.py): a tail that a process shares with
+    every series is not the rejoin's own."""
     slowest = sorted(windows, key=lambda w: w[2] - w[1], reverse=True)[:5]
     parts = []
     for series, start, end in slowest:
         collecting, stalled = watch.during(start, end)
-        parts.append(f"{series} {fmt((end - start) * 1000)} ms (GC {fmt(collecting * 1000)} ms, "
-                     f"loop stalled {fmt(stalled * 1000)} ms)")
+        server = server_watch.during(start, end)
+        parts.append(f"{series} {fmt((end - start) * 1000)} ms (here: GC {fmt(collecting * 1000)} "
+                     f"ms, loop stalled {fmt(stalled * 1000)} ms; Prosody stalled "
+                     f"{fmt(server * 1000)} ms)")
     full = watch.full_collections()
     res.note(f"{side_note}slowest measured intervals of the three series: {'; '.join(parts)}. "
              f"This process ran {len(full)} full (generation-2) collections during the trials"
              + (f", {fmt(min(full) * 1000)} to {fmt(max(full) * 1000)} ms each" if full else "")
-             + f", and its event loop woke late (> 3 ms) {len(watch.stalls)} times.")
+             + f", and its event loop woke late (> 3 ms) {len(watch.stalls)} times; "
+             f"Prosody's {len(server_watch.stalls)} times.")

@@ -12,9 +12,11 @@ runs, so that each slow trial can be told apart from a slow *process*:
   loop was busy or the process was not scheduled) by more than
   :data:`LATE`.
 
-What the watch cannot see is the server's side (Prosody is a process of its
-own); a slow trial during which this process did not stall was slow there or
-on the way.
+:class:`ServerLagWatch` does the same inside Prosody: a timer in the
+server's own loop (installed through the admin socket) that notes every late
+wake-up, on the same clock (CLOCK_MONOTONIC: ``util.time.monotonic`` there,
+``time.monotonic`` here). A slow trial during which neither process stalled
+was slow on the way (the kernel, the network stack).
 """
 
 from __future__ import annotations
@@ -28,6 +30,41 @@ from typing import Any
 TICK = 0.005
 #: a wake-up later than this is a stall of the process
 LATE = 0.003
+
+
+class ServerLagWatch:
+    """Late wake-ups of a timer in Prosody's event loop (its GC, its work, or
+    the process not being scheduled), as intervals on our monotonic clock."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.stalls: list[tuple[float, float]] = []
+
+    async def start(self) -> "ServerLagWatch":
+        await self.server.admin(
+            "local timer, time = require 'util.timer', require 'util.time'; "
+            "local t = { stop = false, lags = {} }; rawset(_G, 'muc_guard_bench_lag', t); "
+            "local last = time.monotonic(); "
+            f"timer.add_task({TICK}, function() "
+            "  if t.stop then return nil end; "
+            "  local now = time.monotonic(); "
+            f"  if now - last > {TICK + LATE} then "
+            "    t.lags[#t.lags + 1] = string.format('%.6f %.6f', last + "
+            f"{TICK}, now) end; "
+            f"  last = now; return {TICK} end); return 'ok'")
+        return self
+
+    async def stop(self) -> None:
+        text = await self.server.admin(
+            "local t = rawget(_G, 'muc_guard_bench_lag'); t.stop = true; rawset(_G, 'muc_guard_bench_lag', nil); "
+            "return table.concat(t.lags, ';')")
+        for item in filter(None, text.strip().split(";")):
+            start, end = item.split()
+            self.stalls.append((float(start), float(end)))
+
+    def during(self, start: float, end: float) -> float:
+        """Seconds of server stall overlapping [start, end]."""
+        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.stalls)
 
 
 class StallWatch:
