@@ -100,6 +100,12 @@ class ServerClock:
         the old stream finishes (or fails) on its own."""
         self._learning.clear()
 
+    def learned(self, domain: str) -> bool:
+        """Whether `domain`'s offset is known for this stream (a join may go
+        out at once)."""
+        task = self._learning.get(domain)
+        return task is not None and task.done()
+
     async def learn(self, domain: str) -> None:
         """Learn `domain`'s offset once per stream; concurrent callers share
         one query. Never raises (but passes cancellation on)."""

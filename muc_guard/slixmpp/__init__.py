@@ -47,8 +47,10 @@ hostile input):
   ``muc_guard_message`` event (built only if someone listens); a subject →
   :class:`SubjectSeen`; a message error from the room → :class:`ErrorFromRoom`;
 * a presence → :class:`RoomPresence` when it may concern us, otherwise only
-  traffic; its commands run on the next loop turn, after ``xep_0045`` has
-  processed it and fired ``muc::<room>::*``; the same hostile-input mending as
+  traffic; its commands run right after slixmpp's handlers saw it (a
+  handler of ours registered after ``xep_0045``'s), so ``xep_0045`` has
+  processed it and fired ``muc::<room>::*`` first, in the same loop turn; a
+  rejoin then goes out at once when the room's clock is known; the same hostile-input mending as
   :mod:`muc_guard.aioxmpp.inbound` (110 on a nick that is not ours, 303 without
   a nick) is done while extracting the facts;
 * the presence that answers our join or nick change resolves its wait.

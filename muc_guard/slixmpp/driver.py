@@ -8,9 +8,10 @@ beside slixmpp's ``xep_0045``:
   before any handler (``xep_0045``'s included), and reduces presences and
   messages of tracked rooms to facts (:mod:`.facts`). Per message the core
   is called directly (:meth:`GuardCore.traffic`, :meth:`GuardCore.offer`).
-  A presence that may concern us becomes an event; the commands of one run
-  on the next loop turn, after ``xep_0045`` has processed the presence (and
-  fired its ``muc::<room>::*`` events). The presences that answer a join or
+  A presence that may concern us becomes an event; its commands run once
+  slixmpp's handlers saw the presence (a handler of ours, registered after
+  ``xep_0045``'s, in the same loop turn), so ``xep_0045`` has processed it
+  and fired its ``muc::<room>::*`` events first. The presences that answer a join or
   a nick change of ours resolve their waits here (:class:`~.runner.JoinWait`).
 * slixmpp's stream events become stream events of the core:
 
@@ -53,6 +54,8 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from slixmpp import JID
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher.base import MatcherBase
 from slixmpp.exceptions import PresenceError
 
 from ..frontend.driver import BaseDriver, never_raises as _never_raises
@@ -105,6 +108,18 @@ def slixmpp_room(text: str) -> tuple[Hashable, str]:
     return key, key.partition("@")[2]
 
 
+class _Pending(MatcherBase):
+    """Matches the stanza whose commands the driver holds for after its
+    handlers (one attribute read per stanza otherwise)."""
+
+    def __init__(self, driver: "GuardDriver") -> None:
+        super().__init__(None)
+        self._driver = driver
+
+    def match(self, xml: Any) -> bool:
+        return xml is self._driver._after_stanza
+
+
 class GuardDriver(BaseDriver):
     """Keeps one slixmpp client in the rooms it wants. Owned by the plugin."""
 
@@ -139,6 +154,12 @@ class GuardDriver(BaseDriver):
         for name, handler in self._handlers:
             xmpp.add_event_handler(name, handler)
         xmpp.add_filter("in", self._inbound)
+        #: commands of the stanza being dispatched, run once its handlers ran
+        self._after: list[Any] | None = None
+        self._after_stanza: Any = None
+        self._after_handler = Callback("muc_guard after handlers", _Pending(self),
+                                       self._run_pending)
+        xmpp.register_handler(self._after_handler)
         if getattr(xmpp, "_session_started", False) and xmpp.transport is not None:
             # Already in a session: the core learns it without a loop to run in.
             self._stream = _UP
@@ -249,7 +270,26 @@ class GuardDriver(BaseDriver):
         self.runner.forget_table(key)
         logger.info("%s: left and forgotten", key)
 
+    def _run_after_handlers(self, stanza: Any, commands: list[Any]) -> None:
+        """Run `commands` once slixmpp's handlers (xep_0045's first: it was
+        registered before us) have seen the stanza being dispatched, in the
+        same turn: our table changes and events come after slixmpp's own
+        for that stanza, and a rejoin goes out without waiting for the next
+        loop turn. Should no handler see it (a later filter dropped or
+        replaced the stanza), the next loop turn runs them."""
+        if self._after is not None:
+            self._after.extend(commands)
+            return
+        self._after, self._after_stanza = list(commands), stanza
+        asyncio.get_running_loop().call_soon(self._run_pending)
+
+    def _run_pending(self, _: Any = None) -> None:
+        commands, self._after, self._after_stanza = self._after, None, None
+        if commands:
+            self.runner.run(commands)
+
     def unhook(self) -> None:
+        self.xmpp.remove_handler(self._after_handler.name)
         for name, handler in self._handlers:
             self.xmpp.del_event_handler(name, handler)
         try:
@@ -326,8 +366,7 @@ class GuardDriver(BaseDriver):
         facts = presence_facts(rec.jid, xml, self._ns, ours=(rec.nick, rec.pending_nick))
         commands = self.core.handle(facts, loop.time(), time.time())
         if commands:
-            # Let xep_0045 process this presence (and fire its events) first.
-            loop.call_soon(self.runner.run, commands)
+            self._run_after_handlers(stanza, commands)
 
     @staticmethod
     def _join_answered(wait: JoinWait, stanza: Any, xml: Element, resource: str) -> None:

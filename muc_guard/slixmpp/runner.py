@@ -169,36 +169,70 @@ class CommandRunner(BaseRunner):
         muc.rooms[None].pop(key, None)
         muc.our_nicks[None].pop(key, None)
 
+    def _send_join(self, c: cmd.SendJoin) -> None:
+        """Send the join at once when the room's clock is known (the usual
+        case: a rejoin), so it goes out in this turn, right after slixmpp's
+        handlers saw the presence that dropped us; the answer is awaited by
+        the room's task. The stream's first join of a service learns its
+        clock first, in that task; so does a join while another task of the
+        room still runs (its clean-up, on the next turn, must come first)."""
+        io = io_of(c.rec)
+        if self.driver.clock.learned(c.rec.service) and (io.task is None or io.task.done()):
+            try:
+                wait = self._start_join(c)
+            except Exception:
+                logger.exception("%s: cannot send the join; will retry", c.rec.jid)
+                self.feed(JoinFailed(c.rec.jid, c.attempt, JoinFailure.CRASH))
+                return
+            self._room_task(c.rec, self._answer_of, (c, wait))
+        else:
+            self._room_task(c.rec, self._join, c)
+
+    def _start_join(self, c: cmd.SendJoin) -> JoinWait:
+        """Build and send the join presence, entered in xep_0045's tables."""
+        room = room_jid(c.rec.jid)
+        stanza = self.muc.make_join_stanza(room, c.nick, password=c.password,
+                                           **self._history(c))
+        self._enter_table(room, c.nick)
+        wait = JoinWait(c.nick, asyncio.get_running_loop().create_future())
+        io_of(c.rec).join = wait
+        stanza.send()
+        return wait
+
     async def _join(self, c: cmd.SendJoin) -> Event | None:
+        try:
+            await self.driver.clock.learn(c.rec.service)   # once per stream and service
+            wait = self._start_join(c)
+        except asyncio.CancelledError:
+            self._abandon(c.rec.jid, c.nick, False)
+            raise
+        except Exception:
+            logger.exception("%s: join attempt failed unexpectedly, will retry", c.rec.jid)
+            self._abandon(c.rec.jid, c.nick, False)
+            return JoinFailed(c.rec.jid, c.attempt, JoinFailure.CRASH)
+        return await self._answer_of((c, wait))
+
+    async def _answer_of(self, started: tuple[cmd.SendJoin, JoinWait]) -> Event | None:
+        """Wait (join_timeout) for the room's answer to a join sent."""
+        c, wait = started
         rec, key = c.rec, c.rec.jid
         io = io_of(rec)
         room = room_jid(key)
-        loop = asyncio.get_running_loop()
-        wait = JoinWait(c.nick, loop.create_future())
-        sent = False
         try:
-            await self.driver.clock.learn(rec.service)   # once per stream and service
-            stanza = self.muc.make_join_stanza(room, c.nick, password=c.password,
-                                               **self._history(c))
-            self._enter_table(room, c.nick)
-            io.join = wait
-            stanza.send()
-            sent = True
             try:
-                answer = await asyncio.wait_for(wait.future,
-                                                self.core.settings.join_timeout)
+                answer = await asyncio.wait_for(wait.future, self.core.settings.join_timeout)
             finally:
                 if io.join is wait:
                     io.join = None
         except asyncio.CancelledError:
-            self._abandon(key, c.nick, sent)
+            self._abandon(key, c.nick, True)
             raise
         except TimeoutError:
-            self._abandon(key, c.nick, sent)
+            self._abandon(key, c.nick, True)
             return JoinFailed(key, c.attempt, JoinFailure.TIMEOUT)
         except Exception:
             logger.exception("%s: join attempt failed unexpectedly, will retry", key)
-            self._abandon(key, c.nick, sent)
+            self._abandon(key, c.nick, True)
             return JoinFailed(key, c.attempt, JoinFailure.CRASH)
         kind = answer[0]
         if kind == "error":

@@ -187,6 +187,48 @@ async def test_technical_removal_drops_and_rejoins(h, codes, cause):
     assert ROOM in h.xmpp.plugin["xep_0045"].rooms[None]
 
 
+async def test_a_rejoin_goes_out_in_the_turn_the_drop_came_in_after_xep_0045(h):
+    """The drop's commands run right after slixmpp's handlers saw the
+    presence (xep_0045 first: its events fire for the room as it was), in
+    the same turn: no loop turn between the 110+333 and the rejoin."""
+    await h.joined()
+    await h.settle()                  # the room's archive support is known
+    seen: list[tuple[str, int]] = []
+    h.xmpp.add_event_handler(f"muc::{ROOM}::got_offline",
+                             lambda _: seen.append(("got_offline", h.joins_sent())))
+    h.feed(self_unavailable(ROOM, "bot", 110, 333))
+    assert seen == [("got_offline", 1)]             # xep_0045's event, before our rejoin
+    assert h.joins_sent() == 2                      # the rejoin: no await in between
+    assert ROOM in h.xmpp.plugin["xep_0045"].rooms[None]
+    assert h.names() == ["muc_guard_dropped"]
+    h.feed(self_available(ROOM, "bot"))
+    await h.settle()
+    assert h.names() == ["muc_guard_dropped", "muc_guard_rejoined"]
+
+
+async def test_a_join_waits_for_the_rooms_task_still_running_to_end(h):
+    """A join while the room's previous I/O task still runs goes out from a
+    task of its own, after that one's clean-up (which may forget xep_0045's
+    table entry or send an unjoin), never before it."""
+    await h.joined()
+    await h.settle()
+    runner = h.guard._guard.runner
+    rec = h.guard._guard.core.rooms[ROOM]
+
+    async def lingering(_: Any) -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            runner.forget_table(ROOM)      # what a cancelled join's clean-up does
+
+    runner._room_task(rec, lingering, None)
+    h.feed(self_unavailable(ROOM, "bot", 110, 333))
+    assert h.joins_sent() == 1                      # not yet: the old task ends first
+    await h.settle()
+    assert h.joins_sent() == 2
+    assert ROOM in h.xmpp.plugin["xep_0045"].rooms[None]   # entered after the clean-up
+
+
 @pytest.mark.parametrize("codes, cause", [
     ((110, 307), Cause.KICKED),
     ((110, 301), Cause.BANNED),
