@@ -225,8 +225,11 @@ class SlixmppSide(Side):
                       lambda: client.xmpp.transport)
 
     async def floor(self, ctx: Context, prefix: str) -> Floor:
-        """``join_muc_wait``, timed until our own self-presence came in (it
-        returns a moment later, once the room's subject has come too)."""
+        """``join_muc_wait``, timed until slixmpp has taken our own
+        self-presence in (``xep_0045`` fires ``muc::<room>::self-presence``):
+        the moment a slixmpp application can know it is in, as aioxmpp's
+        floor ends when ``MUCClient.join()``'s future resolves.
+        (``join_muc_wait`` returns a moment later, once the subject came.)"""
         import slixmpp
 
         from .slix import SlixClient
@@ -237,11 +240,21 @@ class SlixmppSide(Side):
         await client.connect()
 
         async def join(room: aioxmpp.JID, nick: str) -> float:
-            t0 = time.monotonic()
-            await client.muc.join_muc_wait(slixmpp.JID(str(room)), nick, maxchars=0,
-                                           timeout=10)
+            entered: list[float] = []
+            event = f"muc::{room}::self-presence"
+
+            def self_presence(_: Any) -> None:
+                entered.append(time.monotonic())
+
+            client.xmpp.add_event_handler(event, self_presence)
+            try:
+                t0 = time.monotonic()
+                await client.muc.join_muc_wait(slixmpp.JID(str(room)), nick, maxchars=0,
+                                               timeout=10)
+            finally:
+                client.xmpp.del_event_handler(event, self_presence)
             nicks[room] = nick
-            return probe.self_available.get(room, time.monotonic()) - t0
+            return entered[0] - t0
 
         async def leave(room: aioxmpp.JID) -> None:
             t0 = time.monotonic()
