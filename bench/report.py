@@ -59,12 +59,18 @@ def machine_info(server: Any, args: Any, sizes: Any) -> dict[str, str]:
         "nagle": ("on (network_settings nagle=true)" if server.nagle
                   else "off (network_settings nagle=false: TCP_NODELAY on Prosody's sockets)"),
         "mode": "smoke" if args.smoke else "full",
-        "command": "python -m bench" + (" --smoke" if args.smoke else "")
-                   + (f" --only {args.only}" if args.only else "")
-                   + (f" --frontend {args.frontend}"
-                      if getattr(args, "frontend", "both") != "both" else "")
-                   + (" --nagle" if args.nagle else ""),
+        "command": command_of(args),
     }
+
+
+def command_of(args: Any) -> str:
+    """The ``python -m bench`` command line that `args` came from."""
+    return ("python -m bench" + (" --smoke" if args.smoke else "")
+            + (f" --only {args.only}" if args.only else "")
+            + (f" --frontend {args.frontend}"
+               if getattr(args, "frontend", "both") != "both" else "")
+            + (" --nagle" if args.nagle else "")
+            + (" --in-process" if getattr(args, "in_process", False) else ""))
 
 
 def _rows(results: list[ScenarioResult], *, inline_text: bool = False) -> list[list[str]]:
@@ -139,6 +145,7 @@ def markdown(results: list[ScenarioResult], info: dict[str, str]) -> str:
         f"| SQLite | {info['sqlite']} |",
         f"| muc_guard | {info['muc_guard']} |",
         f"| Prosody's Nagle setting | {info['nagle']} |",
+        f"| scenarios run | {info.get('isolation', '?')} |",
         "| network | 127.0.0.1 only (a private Prosody started by the benchmark) |",
         "",
     ]

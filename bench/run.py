@@ -14,6 +14,12 @@ every target with its verdict.
     python -m bench --no-write       # print only
     python -m bench --frontend slixmpp   # scenarios 1, 2, 3, 5, 9: one front-end only
 
+Each scenario runs in a process of its own with a Prosody of its own
+(``--in-process`` runs them all in this one, on one server): what one
+scenario leaves behind (thousands of rooms in Prosody, whose garbage
+collection then stalls it for tens of milliseconds; a heap whose full
+collection takes seconds) must not land in the next one's figures.
+
 The exit status is 0 when every scenario ran (targets missed included: a
 miss is a result), 1 when a scenario failed to run, 2 for bad usage.
 """
@@ -22,15 +28,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import inspect
+import json
 import logging
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from typing import Any
 
 if __package__ in (None, ""):   # run as a script: bench/run.py
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -40,7 +50,9 @@ from bench import report  # noqa: E402
 from bench.common import (  # noqa: E402
     FRONTENDS,
     SMOKE,
+    Check,
     Context,
+    Figure,
     ScenarioResult,
     Sizes,
     pin_loopback,
@@ -79,6 +91,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="which front-end scenarios 1, 2, 3, 5 and 9 measure, each against "
                              "its plain client library (default: both)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every scenario in this process, on one Prosody")
+    parser.add_argument("--child-json", type=pathlib.Path, default=None,
+                        help=argparse.SUPPRESS)   # a scenario's process: results as JSON
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -147,9 +163,82 @@ async def run_all(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[
     return results, info
 
 
+def _to_json(res: ScenarioResult) -> dict[str, Any]:
+    figures = [{**{f.name: getattr(fig, f.name) for f in dataclasses.fields(fig)
+                   if f.name != "baseline"},
+                "baseline": res.figures.index(fig.baseline) if fig.baseline else None}
+               for fig in res.figures]
+    return {"number": res.number, "title": res.title, "figures": figures,
+            "checks": [dataclasses.asdict(chk) for chk in res.checks], "notes": res.notes,
+            "seconds": res.seconds, "error": res.error, "method": res.method}
+
+
+def _from_json(data: dict[str, Any]) -> ScenarioResult:
+    res = ScenarioResult(data["number"], data["title"], notes=data["notes"],
+                         seconds=data["seconds"], error=data["error"], method=data["method"])
+    for item in data["figures"]:
+        res.figures.append(Figure(**{**item, "baseline": None}))
+    for fig, item in zip(res.figures, data["figures"]):
+        if item["baseline"] is not None:
+            fig.baseline = res.figures[item["baseline"]]
+    res.checks = [Check(**chk) for chk in data["checks"]]
+    return res
+
+
+def run_isolated(args: argparse.Namespace, argv: list[str]
+                 ) -> tuple[list[ScenarioResult], dict[str, str]]:
+    """Each scenario in a child ``python -m bench --only N``, one at a time."""
+    # the child gets our flags but --only, --results and --no-write (two words or one)
+    cleaned: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        if word in ("--only", "--results"):
+            skip = True
+            continue
+        if word.startswith(("--only=", "--results=")) or word == "--no-write":
+            continue
+        cleaned.append(word)
+    results: list[ScenarioResult] = []
+    info: dict[str, str] = {}
+    started = time.monotonic()
+    root = pathlib.Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="muc-guard-bench-runs-") as tmp:
+        for number in args.scenarios:
+            out = pathlib.Path(tmp) / f"s{number}.json"
+            code = subprocess.call([sys.executable, "-m", "bench", *cleaned,
+                                    "--only", str(number), "--child-json", str(out)], cwd=root)
+            if not out.exists():
+                res = ScenarioResult(number, f"scenario {number}",
+                                     error=f"its process ended with status {code} and no results")
+                results.append(res)
+                continue
+            data = json.loads(out.read_text())
+            info = info or data["info"]
+            results.extend(_from_json(item) for item in data["results"])
+    took = time.monotonic() - started
+    info["duration"] = f"{took / 60:.1f} min" if took >= 120 else f"{took:.0f} s"
+    info["isolation"] = "each scenario in its own process, with its own Prosody"
+    info["command"] = report.command_of(args)
+    return results, info
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    results, info = asyncio.run(run_all(args))
+    if args.child_json is None and not args.in_process and len(args.scenarios) > 1:
+        results, info = run_isolated(args, list(sys.argv[1:] if argv is None else argv))
+    else:
+        results, info = asyncio.run(run_all(args))
+        if not args.in_process:
+            info["isolation"] = "each scenario in its own process, with its own Prosody"
+        else:
+            info["isolation"] = "every scenario in one process, on one Prosody (--in-process)"
+    if args.child_json is not None:
+        args.child_json.write_text(json.dumps({"info": info,
+                                               "results": [_to_json(r) for r in results]}))
+        return 1 if any(r.error for r in results) else 0
     print()
     print(report.text_table(results))
     target = args.results
