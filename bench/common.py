@@ -523,12 +523,6 @@ class Context:
         self._guards.append(guard)
         return guard
 
-    def sides(self) -> list[Any]:
-        """The front-ends to measure (:mod:`bench.sides`), in run order."""
-        from .sides import side
-
-        return [side(name) for name in self.frontends]
-
     def on_cleanup(self, stop: Callable[[], Any]) -> None:
         """Have cleanup() await `stop()` (a coroutine function)."""
         self._closers.append(stop)

@@ -31,7 +31,7 @@ import socket
 from typing import Any
 
 from .common import Context, ScenarioResult, fmt, kick_and_wait
-from .sides import Member
+from .sides import Member, sides_of
 
 TITLE = "Signalled drop (110+333) → rejoined"
 
@@ -47,7 +47,7 @@ def _nagle(member: Member, client: str) -> str:
 
 
 async def run(ctx: Context, res: ScenarioResult) -> None:
-    for side in ctx.sides():
+    for side in sides_of(ctx):
         await _run(ctx, res, side)
         await ctx.cleanup()
 

@@ -43,7 +43,7 @@ from typing import Any
 import aioxmpp
 
 from .common import Context, Events, ProbeRecords, ScenarioResult, fmt
-from .sides import Member
+from .sides import Member, sides_of
 
 TITLE = "Silent drop → detected → rejoined (ping_idle = 2 s)"
 
@@ -127,7 +127,7 @@ async def _alone_worker(ctx: Context, side: Any, k: int, room: aioxmpp.JID, tria
 
 
 async def run(ctx: Context, res: ScenarioResult) -> None:
-    for side in ctx.sides():
+    for side in sides_of(ctx):
         await _run(ctx, res, side)
         await ctx.cleanup()
 

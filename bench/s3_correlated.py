@@ -30,7 +30,7 @@ from typing import Any
 import aioxmpp
 
 from .common import Context, ScenarioResult, fmt
-from .sides import Member
+from .sides import Member, sides_of
 
 TITLE = "Correlated silent drop of 100 rooms (ping_idle = 10 s)"
 
@@ -84,7 +84,7 @@ async def _measure(ctx: Context, member: Member, rooms: list[aioxmpp.JID], idle:
 
 
 async def run(ctx: Context, res: ScenarioResult) -> None:
-    for side in ctx.sides():
+    for side in sides_of(ctx):
         await _run(ctx, res, side)
         await ctx.cleanup()
 

@@ -36,6 +36,7 @@ from typing import Any
 import aioxmpp
 
 from .common import Context, ScenarioResult, fmt
+from .sides import sides_of
 
 TITLE = "Steady state: 1,000 rooms, 500 messages/s for 60 s"
 
@@ -75,7 +76,7 @@ async def run(ctx: Context, res: ScenarioResult) -> None:
             await fut
 
     await asyncio.wait_for(asyncio.gather(*(join(r) for r in rooms)), 120)
-    for side in ctx.sides():
+    for side in sides_of(ctx):
         await _pair(ctx, res, side, sender, rooms)
 
 

@@ -52,6 +52,7 @@ import time
 from typing import Any
 
 from .common import Context, ProbeRecords, ScenarioResult, fmt, kick_and_wait
+from .sides import sides_of
 from .stalls import ServerLagWatch, StallWatch
 
 TITLE = "Signalled drop among 1,000 rooms on one service → that room rejoined"
@@ -73,7 +74,7 @@ async def _round_answered(probe: ProbeRecords, timeout: float) -> bool:
 
 
 async def run(ctx: Context, res: ScenarioResult) -> None:
-    for side in ctx.sides():
+    for side in sides_of(ctx):
         await _run(ctx, res, side)
         await ctx.cleanup()
 

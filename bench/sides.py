@@ -285,3 +285,8 @@ class SlixmppSide(Side):
 
 def side(name: str) -> Side:
     return {"aioxmpp": AioxmppSide, "slixmpp": SlixmppSide}[name]()
+
+
+def sides_of(ctx: Context) -> list[Side]:
+    """The front-ends this run measures (``--frontend``), in run order."""
+    return [side(name) for name in ctx.frontends]

@@ -22,7 +22,7 @@ import pytest
 from guardkit import GuardedBot, eventually, occupant_nicks_of
 from muc_guard import Cause
 from muc_guard.core.record import State
-from muc_guard.testing.ejabberd import EjabberdServer
+from muc_guard.testing.ejabberd import EjabberdAPIError, EjabberdServer
 from prosody import connected, listening_sockets, pid_running
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(45)]
@@ -114,7 +114,15 @@ async def test_room_whose_process_dies(ejabberd, make_bot, ejabberd_account, roo
     assert await nicks(ejabberd, room_jid, bot) == ["bot"]
 
     await ejabberd.kill_room(room_jid)
-    assert await ejabberd.occupants(room_jid) == {}
+
+    async def gone() -> bool:
+        try:
+            return await ejabberd.occupants(room_jid) == {}
+        except EjabberdAPIError:
+            # ejabberd still lists the dying room's process for a moment: its
+            # API then answers "internal_error" (seen once in CI)
+            return False
+    assert await eventually(gone)
     try:
         _, cause = await bot.wait_event("dropped", room_jid, timeout=15)
     except AssertionError as exc:
