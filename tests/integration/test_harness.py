@@ -434,7 +434,12 @@ async def test_graceful_restart_and_stop_reap_every_process(private_prosody, mak
     # Usually the stream ends with <system-shutdown/>.  Now and then (~1 in
     # 40 here) Prosody's shutdown closes the socket before that error is
     # flushed: a bare EOF, which aioxmpp reports by on_stream_destroyed only.
-    if suspended:
+    # Rarer (once in CI under load, 1 ms after the client bound its
+    # resource): the socket is closed with our first stanzas still unread,
+    # and the kernel answers them with a reset.
+    if suspended and isinstance(suspended[0], ConnectionResetError):
+        log.warning("graceful stop: connection reset, our stanzas were still unread")
+    elif suspended:
         assert isinstance(suspended[0], aioxmpp.errors.StreamError)
         assert suspended[0].condition == aioxmpp.errors.StreamErrorCondition.SYSTEM_SHUTDOWN
     else:
