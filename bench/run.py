@@ -185,22 +185,12 @@ def _from_json(data: dict[str, Any]) -> ScenarioResult:
     return res
 
 
-def run_isolated(args: argparse.Namespace, argv: list[str]
-                 ) -> tuple[list[ScenarioResult], dict[str, str]]:
-    """Each scenario in a child ``python -m bench --only N``, one at a time."""
-    # the child gets our flags but --only, --results and --no-write (two words or one)
-    cleaned: list[str] = []
-    skip = False
-    for word in argv:
-        if skip:
-            skip = False
-            continue
-        if word in ("--only", "--results"):
-            skip = True
-            continue
-        if word.startswith(("--only=", "--results=")) or word == "--no-write":
-            continue
-        cleaned.append(word)
+def run_isolated(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, str]]:
+    """Each scenario in a child ``python -m bench --only N``, one at a time,
+    with this run's flags."""
+    flags = ((["--smoke"] if args.smoke else []) + (["--nagle"] if args.nagle else [])
+             + ["--frontend", args.frontend] + (["--keep"] if args.keep else [])
+             + (["-v"] if args.verbose else []))
     results: list[ScenarioResult] = []
     info: dict[str, str] = {}
     started = time.monotonic()
@@ -208,7 +198,7 @@ def run_isolated(args: argparse.Namespace, argv: list[str]
     with tempfile.TemporaryDirectory(prefix="muc-guard-bench-runs-") as tmp:
         for number in args.scenarios:
             out = pathlib.Path(tmp) / f"s{number}.json"
-            code = subprocess.call([sys.executable, "-m", "bench", *cleaned,
+            code = subprocess.call([sys.executable, "-m", "bench", *flags,
                                     "--only", str(number), "--child-json", str(out)], cwd=root)
             if not out.exists():
                 res = ScenarioResult(number, f"scenario {number}",
@@ -228,7 +218,7 @@ def run_isolated(args: argparse.Namespace, argv: list[str]
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child_json is None and not args.in_process and len(args.scenarios) > 1:
-        results, info = run_isolated(args, list(sys.argv[1:] if argv is None else argv))
+        results, info = run_isolated(args)
     else:
         results, info = asyncio.run(run_all(args))
         if not args.in_process:

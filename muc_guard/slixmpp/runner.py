@@ -181,7 +181,7 @@ class CommandRunner(BaseRunner):
             try:
                 wait = self._start_join(c)
             except Exception:
-                logger.exception("%s: cannot send the join; will retry", c.rec.jid)
+                logger.exception("%s: join attempt failed unexpectedly, will retry", c.rec.jid)
                 self.feed(JoinFailed(c.rec.jid, c.attempt, JoinFailure.CRASH))
                 return
             self._room_task(c.rec, self._answer_of, (c, wait))
@@ -189,14 +189,22 @@ class CommandRunner(BaseRunner):
             self._room_task(c.rec, self._join, c)
 
     def _start_join(self, c: cmd.SendJoin) -> JoinWait:
-        """Build and send the join presence, entered in xep_0045's tables."""
+        """Build and send the join presence, entered in xep_0045's tables;
+        should that fail, nothing of it is left behind (then it raises)."""
         room = room_jid(c.rec.jid)
-        stanza = self.muc.make_join_stanza(room, c.nick, password=c.password,
-                                           **self._history(c))
-        self._enter_table(room, c.nick)
+        io = io_of(c.rec)
         wait = JoinWait(c.nick, asyncio.get_running_loop().create_future())
-        io_of(c.rec).join = wait
-        stanza.send()
+        try:
+            stanza = self.muc.make_join_stanza(room, c.nick, password=c.password,
+                                               **self._history(c))
+            self._enter_table(room, c.nick)
+            io.join = wait
+            stanza.send()
+        except Exception:
+            if io.join is wait:
+                io.join = None
+            self._abandon(c.rec.jid, c.nick, False)
+            raise
         return wait
 
     async def _join(self, c: cmd.SendJoin) -> Event | None:
@@ -208,7 +216,6 @@ class CommandRunner(BaseRunner):
             raise
         except Exception:
             logger.exception("%s: join attempt failed unexpectedly, will retry", c.rec.jid)
-            self._abandon(c.rec.jid, c.nick, False)
             return JoinFailed(c.rec.jid, c.attempt, JoinFailure.CRASH)
         return await self._answer_of((c, wait))
 
