@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from .events import TimerKind
+from .health import GapReason
 from .policy import Cause
 from .record import RoomRecord
 
@@ -24,7 +25,7 @@ __all__ = [
     "Command",
     "SendJoin", "CancelJoin", "SendSelfPing", "SendNick", "QueryArchiveSupport",
     "ReadArchive", "ArmTimer", "CancelTimer", "Detach", "Persist", "Forget",
-    "Dropped", "Rejoined", "GaveUp", "Deliver", "ResolveWaiters",
+    "Dropped", "Rejoined", "GaveUp", "Gap", "Deliver", "ResolveWaiters",
 ]
 
 
@@ -163,6 +164,17 @@ class GaveUp:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Gap:
+    """Signal: recovery could not fill the outage from `since` to `until`
+    (UNIX times on the server's clock): messages said then are lost to us."""
+
+    rec: RoomRecord
+    since: float
+    until: float
+    reason: GapReason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Deliver:
     """Hand a message to the user (on_message), exactly once; the room's
     position moved with it (store it lazily)."""
@@ -188,4 +200,4 @@ class ResolveWaiters:
 
 Command = (SendJoin | CancelJoin | SendSelfPing | SendNick | QueryArchiveSupport
            | ReadArchive | ArmTimer | CancelTimer | Detach | Persist | Forget
-           | Dropped | Rejoined | GaveUp | Deliver | ResolveWaiters)
+           | Dropped | Rejoined | GaveUp | Gap | Deliver | ResolveWaiters)

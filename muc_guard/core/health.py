@@ -1,0 +1,208 @@
+"""
+What an operator sees: per-room health, counters, and explicit gaps.
+
+Motivation
+==========
+
+A bot that silently stopped being an occupant looks, from outside, exactly
+like a healthy one: the process runs, the stream is up, the client lists the
+room. Operators want a load-balancer health check that notices, a dashboard
+that shows drops and rejoins, and a clear word when messages were lost for
+good instead of a log line nobody reads.
+
+Solution
+========
+
+The core already knows all of it; this module only names it.
+
+* :class:`Stats` is the core's running counters (drops by cause, rejoins,
+  self-pings by verdict, messages delivered and recovered, gaps, outage
+  durations as histogram buckets). The core bumps plain ints; nothing is
+  allocated on a message's path, so metrics cost nothing until scraped.
+* :class:`RoomHealth` and :class:`Health` are frozen snapshots built on
+  demand (``guard.health()``); :mod:`muc_guard.metrics` turns the same
+  snapshot into Prometheus metrics at scrape time.
+* :class:`GapReason` says why recovery could not fill an outage; the core
+  emits a :class:`~muc_guard.core.commands.Gap` command and the front-ends
+  fire ``on_gap`` / ``muc_guard_gap``.
+
+``healthy`` means: the stream is up and every wanted room is joined, or is
+inside a *bounded* rejoin: out for less than ``Settings.health_grace``
+seconds (default 120 s: one full backoff cycle at ``backoff_max`` = 60 s plus
+a ``join_timeout`` of 30 s, with margin). A room the guard gave up on (the
+room's will: kick, ban, destruction) is listed but does not make the bot
+unhealthy: restarting the bot would not bring it back either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Hashable
+from typing import Any
+
+from .policy import Cause
+from .record import State
+
+__all__ = ["GapReason", "PingVerdict", "OUTAGE_BUCKETS", "Stats", "Counters",
+           "RoomHealth", "Health"]
+
+
+class GapReason(enum.Enum):
+    """Why recovery could not fill an outage."""
+
+    #: the archive no longer holds the position we read from
+    ARCHIVE_EXPIRED = "archive-expired"
+    #: ``archive_limit`` messages read and the archive had more
+    ARCHIVE_LIMIT = "archive-limit"
+    #: a room without archive replayed history that starts after our position
+    HISTORY_SHORT = "history-short"
+
+
+class PingVerdict(enum.Enum):
+    """How a self-ping ended (XEP-0410 §3.2)."""
+
+    JOINED = "joined"
+    NOT_JOINED = "not-joined"
+    TIMEOUT = "timeout"
+    INCONCLUSIVE = "inconclusive"   #: an error that proves nothing; retried
+
+
+#: Upper bounds (seconds) of the outage-duration histogram; the last is +Inf.
+OUTAGE_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0,
+                                     3600.0, math.inf)
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Stats:
+    """The core's running counters; only the core changes them (the
+    front-end adds its store write failures)."""
+
+    drops: dict[Cause, int] = dataclasses.field(default_factory=dict)
+    rejoins: int = 0
+    give_ups: dict[Cause, int] = dataclasses.field(default_factory=dict)
+    pings: dict[PingVerdict, int] = dataclasses.field(default_factory=dict)
+    delivered: int = 0             #: messages handed to on_message, live or recovered
+    recovered: int = 0             #: of those, from the archive or history
+    gaps: dict[GapReason, int] = dataclasses.field(default_factory=dict)
+    join_attempts: int = 0         #: join presences sent (joins and rejoins)
+    store_write_failures: int = 0
+    #: outage durations (drop → rejoin): cumulative counts per OUTAGE_BUCKETS
+    outage_buckets: list[int] = dataclasses.field(
+        default_factory=lambda: [0] * len(OUTAGE_BUCKETS))
+    outage_sum: float = 0.0
+    outage_count: int = 0
+
+    def observe_outage(self, seconds: float) -> None:
+        for i, bound in enumerate(OUTAGE_BUCKETS):
+            if seconds <= bound:
+                self.outage_buckets[i] += 1
+        self.outage_sum += seconds
+        self.outage_count += 1
+
+    def snapshot(self) -> Counters:
+        return Counters(
+            drops=dict(self.drops), rejoins=self.rejoins, give_ups=dict(self.give_ups),
+            pings=dict(self.pings), delivered=self.delivered, recovered=self.recovered,
+            gaps=dict(self.gaps), join_attempts=self.join_attempts,
+            store_write_failures=self.store_write_failures,
+            outage_buckets=tuple(self.outage_buckets), outage_sum=self.outage_sum,
+            outage_count=self.outage_count)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Counters:
+    """A frozen copy of :class:`Stats` (since the guard was created)."""
+
+    drops: dict[Cause, int]
+    rejoins: int
+    give_ups: dict[Cause, int]
+    pings: dict[PingVerdict, int]
+    delivered: int
+    recovered: int
+    gaps: dict[GapReason, int]
+    join_attempts: int
+    store_write_failures: int
+    outage_buckets: tuple[int, ...]   #: cumulative, one per OUTAGE_BUCKETS
+    outage_sum: float
+    outage_count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "drops": {c.value: n for c, n in self.drops.items()},
+            "rejoins": self.rejoins,
+            "give_ups": {c.value: n for c, n in self.give_ups.items()},
+            "pings": {v.value: n for v, n in self.pings.items()},
+            "delivered": self.delivered,
+            "recovered": self.recovered,
+            "gaps": {r.value: n for r, n in self.gaps.items()},
+            "join_attempts": self.join_attempts,
+            "store_write_failures": self.store_write_failures,
+            "outage_seconds": {"count": self.outage_count, "sum": self.outage_sum},
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomHealth:
+    """One tracked room, as ``guard.health()`` sees it. Times are UNIX times."""
+
+    jid: Hashable
+    state: State
+    nick: str
+    wanted: bool
+    #: last proof of membership: room traffic or a self-ping answered as joined
+    last_confirmed: float | None
+    #: the current outage (drop, or a stream loss while joined); None while joined
+    outage_since: float | None
+    outage_seconds: float | None
+    drops: int
+    last_cause: Cause | None
+    ping_pending: bool
+    #: joined, reading what was missed (archive), live messages held back
+    recovering: bool
+    #: where the join stands (record.Phase name, lower case: "idle", "timer", ...)
+    join_phase: str
+    #: failed join attempts in the current outage
+    attempts: int
+    gaps: int
+    healthy: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "room": str(self.jid), "state": self.state.value, "nick": self.nick,
+            "wanted": self.wanted, "last_confirmed": self.last_confirmed,
+            "outage_since": self.outage_since, "outage_seconds": self.outage_seconds,
+            "drops": self.drops,
+            "last_cause": self.last_cause.value if self.last_cause else None,
+            "ping_pending": self.ping_pending, "recovering": self.recovering,
+            "join_phase": self.join_phase, "attempts": self.attempts, "gaps": self.gaps,
+            "healthy": self.healthy,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Health:
+    """The whole account: ``guard.health()``."""
+
+    account: str
+    stream_up: bool
+    #: UNIX time the stream went down (None while up)
+    stream_down_since: float | None
+    healthy: bool
+    #: why not healthy, one short line per problem (empty when healthy)
+    problems: tuple[str, ...]
+    #: the bound of a "bounded rejoin" (Settings.health_grace), seconds
+    grace: float
+    rooms: tuple[RoomHealth, ...]
+    counters: Counters
+    taken_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "account": self.account, "stream_up": self.stream_up,
+            "stream_down_since": self.stream_down_since, "healthy": self.healthy,
+            "problems": list(self.problems), "grace": self.grace,
+            "rooms": [r.to_dict() for r in self.rooms],
+            "counters": self.counters.to_dict(), "taken_at": self.taken_at,
+        }
