@@ -69,6 +69,9 @@ class Settings:
         #: room's rejoin is answered, or after this many seconds: the checks
         #: must not queue ahead of the rejoin (bench scenario 9)
         self.sibling_check_delay = 0.25
+        #: that check asks this many random rooms first, and all of them only
+        #: when a second drop on the service follows (0: always all)
+        self.sibling_sample = 8
         #: health(): a wanted room out for less than this many seconds is in a
         #: bounded rejoin and still counts as healthy (see core/health.py)
         self.health_grace = 120.0

@@ -299,6 +299,89 @@ def test_traffic_between_two_item_not_found_breaks_the_pair() -> None:
     assert rec.state is State.JOINED
 
 
+# --- the service's other rooms ----------------------------------------------------
+
+
+def _rooms(guard: Guard, n: int) -> list[str]:
+    rooms = [ROOM] + [f"r{i}@{SERVICE}" for i in range(1, n)]
+    for room in rooms:
+        guard.joined(room)
+    return rooms
+
+
+def _checked(commands: list[object]) -> list[str]:
+    """The rooms a sibling round asked (their PING timers armed for now)."""
+    return [c.rec.jid for c in commands
+            if type(c) is ArmTimer and c.kind is PING and c.rec.ping_forced]
+
+
+def _drop_and_rejoin(guard: Guard, room: str, at: float) -> list[object]:
+    """A 110+333 in `room`, its rejoin answered: the commands of the round."""
+    [join] = only(guard(RoomPresence(room, "bot", PresenceKind.UNAVAILABLE,
+                                     frozenset({110, 333})), at=at), SendJoin)
+    guard(JoinSucceeded(room, join.attempt), at=at + 0.002)
+    return guard(TimerFired(room, SIBLINGS))
+
+
+def _ping(guard: Guard, rooms: list[str]) -> list[SendSelfPing]:
+    """Fire the rooms' PING timers: their self-pings."""
+    return [only(guard(TimerFired(room, PING)), SendSelfPing)[0] for room in rooms]
+
+
+def _answer(guard: Guard, pings: list[SendSelfPing], condition: str | None = None
+            ) -> list[object]:
+    commands: list[object] = []
+    for ping in pings:
+        commands += guard(PingReplied(ping.rec.jid, ping.attempt, condition),
+                          at=guard.now + 0.001)
+    return commands
+
+
+def test_a_drop_among_many_rooms_asks_a_sample_of_the_others_and_stops_if_all_answer() -> None:
+    guard = Guard(sibling_sample=8)
+    rooms = _rooms(guard, 21)
+    sample = _checked(_drop_and_rejoin(guard, ROOM, at=3.0))
+    assert len(sample) == len(set(sample)) == 8 and set(sample) <= set(rooms[1:])
+    assert _checked(_answer(guard, _ping(guard, sample))) == []   # all joined: no more
+    assert all(guard.rec(r).state is State.JOINED for r in rooms)
+
+
+def test_a_sampled_room_found_gone_makes_the_round_ask_every_other_room() -> None:
+    guard = Guard(sibling_sample=8)
+    rooms = _rooms(guard, 21)
+    sample = _checked(_drop_and_rejoin(guard, ROOM, at=3.0))
+    pings = _ping(guard, sample)
+    first = sample[0]
+    commands = _answer(guard, pings[:1], "not-acceptable")     # XEP-0410: not joined
+    assert Dropped(guard.rec(first), Cause.PING) in commands
+    [join] = only(commands, SendJoin)
+    guard(JoinSucceeded(first, join.attempt), at=guard.now + 0.002)
+    everyone = _checked(guard(TimerFired(first, SIBLINGS)))
+    # every room not asked yet; the sampled ones still out are not asked twice
+    assert sorted(everyone) == sorted(set(rooms) - {ROOM, *sample})
+    assert _checked(_answer(guard, pings[1:])) == []
+
+
+def test_a_second_removal_on_the_service_while_a_sample_was_asked_asks_every_room() -> None:
+    guard = Guard(sibling_sample=8)
+    rooms = _rooms(guard, 21)
+    sample = _checked(_drop_and_rejoin(guard, ROOM, at=3.0))
+    _answer(guard, _ping(guard, sample))
+    other = next(r for r in rooms[1:] if r not in sample)
+    everyone = _checked(_drop_and_rejoin(guard, other, at=3.5))
+    assert sorted(everyone) == sorted(set(rooms) - {ROOM, other, *sample})
+    # and a third drop in the window starts nothing more
+    third = next(r for r in rooms[1:] if r not in sample and r != other)
+    assert _checked(_drop_and_rejoin(guard, third, at=4.0)) == []
+
+
+def test_a_service_with_few_rooms_or_sample_0_asks_them_all() -> None:
+    for n, sample in ((9, 8), (21, 0)):
+        guard = Guard(sibling_sample=sample)
+        rooms = _rooms(guard, n)
+        assert sorted(_checked(_drop_and_rejoin(guard, ROOM, at=3.0))) == sorted(rooms[1:])
+
+
 # --- the stream -------------------------------------------------------------------
 
 

@@ -345,10 +345,13 @@ class CoreModel(RuleBasedStateMachine):
         s.archive_limit = 6
         s.probe_before_rejoin = probe
         s.sibling_check_delay = 0.25
+        # two rooms share a service: a sample of one of them exercises the
+        # sampled check and its escalation; 0 asks them all
+        s.sibling_sample = seed % 2
         self.core = GuardCore(s)
         # The driver sets the stored resource before the first stream.
         self.core.occupant_resource = resource
-        note(f"settings: seed={seed} use_archive={use_archive} probe={probe} gate={gate} "
+        note(f"settings: seed={seed} sibling_sample={seed % 2} use_archive={use_archive} probe={probe} gate={gate} "
              f"stored resource={resource}")
 
     # --- plumbing -------------------------------------------------------------------
