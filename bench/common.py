@@ -415,8 +415,8 @@ class Sizes:
     s8_rooms: int = 1000
     s8_repeats: int = 3
     s9_rooms: int = 1000
-    s9_trials: int = 30
-    s9_ping_timeout: float = 3.0
+    s9_trials: int = 100
+    s9_ping_timeout: float = 1.0
     s10_rooms: int = 40
     s10_warmup: float = 20.0
     s10_seconds: float = 120.0

@@ -22,9 +22,9 @@ rejoined after a pause, on purpose); the guard stays in all 1,000 rooms.
 Every trial is a first drop with its own sibling check, and pays for no
 other trial's:
 
-* the guard's ``ping_timeout`` is set to 3 s (default 30 s), and trials are
+* the guard's ``ping_timeout`` is set to 1 s (default 30 s), and trials are
   spaced by at least that from the previous drop, so that the once-per-
-  ``ping_timeout`` limit lets every trial start its own round (with the
+  ``ping_timeout`` limit lets every trial start its own check (with the
   default, trials would have to be 30 s apart). The limit is the only thing
   this changes: every self-ping is answered within it on loopback, and the
   scenario checks that every trial's check asked its sample, no more (a
@@ -230,8 +230,9 @@ async def _run(ctx: Context, res: ScenarioResult, side: Any) -> None:
              f"{sz.s9_ping_timeout:g} s, trials at least {sz.s9_ping_timeout + MARGIN:g} s "
              f"after the previous drop.")
     res.note(f"{side_note}{len(sends.pings):,} self-pings queued in all, every one a sibling check "
-             f"(ping_idle = {PING_IDLE / 3600:g} h). The p99 of {s.n} samples is close to "
-             f"their maximum.")
+             f"(ping_idle = {PING_IDLE / 3600:g} h). p99 interpolates between the closest "
+             f"ranks of {s.n} samples (with 100, the second largest: one outlier is "
+             f"tolerated, two are not).")
     _note_stalls(res, side_note, watch, server_watch, windows)
     if not label:
         res.note(f"Server: Prosody with network_settings "
