@@ -211,9 +211,12 @@ class Pinger:
             if service not in self.sampled:
                 return
             # A second drop while only a sample was asked: the service is in
-            # trouble, ask every room not proven since the first drop.
+            # trouble, ask every room not proven since the first drop, at
+            # once: finding them all now matters more than this one rejoin,
+            # whose join (if due now) is already out ahead of the pings.
             self.sampled.discard(service)
             self.escalated.add(service)
+            at_once = True
         else:
             self.service_checks[service] = core.now
             self.sampled.discard(service)
