@@ -58,6 +58,9 @@ def machine_info(server: Any, args: Any, sizes: Any) -> dict[str, str]:
         "muc_guard": f"{commit}{' + uncommitted changes in muc_guard/' if dirty else ''}",
         "nagle": ("on (network_settings nagle=true)" if server.nagle
                   else "off (network_settings nagle=false: TCP_NODELAY on Prosody's sockets)"),
+        "gc": (f'gc = {{ mode = "{args.prosody_gc}" }} (--prosody-gc)'
+               if getattr(args, "prosody_gc", None)
+               else "Prosody's default (incremental, threshold 105, speed 500)"),
         "mode": "smoke" if args.smoke else "full",
         "command": command_of(args),
     }
@@ -70,6 +73,7 @@ def command_of(args: Any) -> str:
             + (f" --frontend {args.frontend}"
                if getattr(args, "frontend", "both") != "both" else "")
             + (" --nagle" if args.nagle else "")
+            + (f" --prosody-gc {args.prosody_gc}" if getattr(args, "prosody_gc", None) else "")
             + (" --in-process" if getattr(args, "in_process", False) else ""))
 
 
@@ -145,6 +149,7 @@ def markdown(results: list[ScenarioResult], info: dict[str, str]) -> str:
         f"| SQLite | {info['sqlite']} |",
         f"| muc_guard | {info['muc_guard']} |",
         f"| Prosody's Nagle setting | {info['nagle']} |",
+        f"| Prosody's garbage collector | {info.get('gc', '?')} |",
         f"| scenarios run | {info.get('isolation', '?')} |",
         "| network | 127.0.0.1 only (a private Prosody started by the benchmark) |",
         "",

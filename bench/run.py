@@ -87,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--nagle", action="store_true",
                         help="run Prosody with Nagle's algorithm on (default: off, as in its tests)")
+    parser.add_argument("--prosody-gc", choices=("incremental", "generational"), default=None,
+                        help="Prosody's Lua garbage collector mode (default: Prosody's own, "
+                             "incremental with threshold 105 and speed 500); for experiments "
+                             "on where the server's own stalls come from")
     parser.add_argument("--frontend", choices=("aioxmpp", "slixmpp", "both"), default="both",
                         help="which front-end scenarios 1, 2, 3, 5 and 9 measure, each against "
                              "its plain client library (default: both)")
@@ -119,6 +123,7 @@ async def run_all(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[
         # Prosody keeps only 100 rooms in memory by default and swaps the rest
         # to disk; the scenarios hold up to 1,000 rooms per client.
         extra_muc_config="    muc_room_cache_size = 100000",
+        extra_config=(f'gc = {{ mode = "{args.prosody_gc}" }}' if args.prosody_gc else ""),
     )
     # Library and aioxmpp logs go to a file (as a bot's would), not the terminal.
     handler = logging.FileHandler(workdir / "bench.log")
@@ -189,6 +194,7 @@ def run_isolated(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[s
     """Each scenario in a child ``python -m bench --only N``, one at a time,
     with this run's flags."""
     flags = ((["--smoke"] if args.smoke else []) + (["--nagle"] if args.nagle else [])
+             + (["--prosody-gc", args.prosody_gc] if args.prosody_gc else [])
              + ["--frontend", args.frontend] + (["--keep"] if args.keep else [])
              + (["-v"] if args.verbose else []))
     results: list[ScenarioResult] = []

@@ -223,6 +223,13 @@ async def _run(ctx: Context, res: ScenarioResult, side: Any) -> None:
     res.check(f"{label}p99 ≤ 3 × median",
               f"p99 {fmt(s.p99)} ms = {tail:.2f} × the median (max {fmt(s.max)} ms)",
               tail <= 3.0)
+    # The same ratio for the floor and the one-room guard: a tail the server
+    # gives every join shows in all three series, one our check adds only
+    # in the first.
+    res.check(f"{label}(info) p99 ÷ median of the other two series",
+              f"floor {fmt(f.p99)} ms = {f.p99 / f.median:.2f} × its median; guard in one "
+              f"room {fmt(o.p99)} ms = {o.p99 / o.median:.2f} ×" if f.n and o.n else "no data",
+              None)
     side_note = f"{side.name} side: " if label else ""
     res.note(f"{side_note}{trials} trials, each kicking a different one of {n:,} rooms on one service "
              f"(so {n - 1:,} siblings), interleaved with the floor joins and the one-room "
