@@ -26,6 +26,23 @@ The core already knows all of it; this module only names it.
   emits a :class:`~muc_guard.core.commands.Gap` command and the front-ends
   fire ``on_gap`` / ``muc_guard_gap``.
 
+When is it a gap? Exactly when recovery could not reach back to the last
+message delivered (``rec.position``); never for a room without one:
+
+* ARCHIVE_EXPIRED (:meth:`.joins.Joiner.archive_read`): the archive no longer
+  knew our last stanza-id (``ArchiveRead.expired``: the front-end read by
+  time) and its first message is newer than our position: from our position
+  to that message (none: to the first live message held back, else the
+  read's end). The archive cannot say whether anything was said between.
+* ARCHIVE_LIMIT: ``archive_limit`` messages read and the archive not
+  complete: from the last message read to where live delivery resumes.
+* HISTORY_SHORT (:meth:`.context.CoreContext.offer`): the join asked for
+  history since our position minus ``DIGEST_TOLERANCE``, so a history that
+  still holds our last message replays a copy of it (or of one before it)
+  first. A replayed message that is new before any such copy: from our
+  position to that message. (A room that keeps exactly as many messages as
+  were missed looks the same: reported, though nothing was lost.)
+
 ``healthy`` means: the stream is up and every wanted room is joined, or is
 inside a *bounded* rejoin: out for less than ``Settings.health_grace``
 seconds (default 120 s: one full backoff cycle at ``backoff_max`` = 60 s plus
@@ -172,7 +189,9 @@ class RoomHealth:
     wanted: bool
     #: last proof of membership: room traffic or a self-ping answered as joined
     last_confirmed: float | None
-    #: the current outage (drop, or a stream loss while joined); None while joined
+    #: the current outage: the drop, a stream loss while joined, or (a room not
+    #: joined yet in this process) when this process began to want it; None
+    #: while joined
     outage_since: float | None
     outage_seconds: float | None
     drops: int
