@@ -16,17 +16,22 @@ from muc_guard import Cause, State
 pytestmark = pytest.mark.integration
 
 
+async def _joined_bot(prosody, make_bot, account, room_jid):
+    await prosody.create_room(room_jid)
+    jid, pw = account("bot")
+    bot = make_bot(jid, pw)
+    await bot.start()
+    await bot.join(room_jid, "bot")
+    return bot, jid
+
+
 @over_verified_tls
 async def test_health_turns_unhealthy_past_the_grace_and_back_and_logs_each_event_once(
         prosody, make_bot, account, room_jid, caplog):
     caplog.set_level(logging.INFO, logger="muc_guard")
-    await prosody.create_room(room_jid)
-    jid, pw = account("bot")
-    bot = make_bot(jid, pw)
+    bot, jid = await _joined_bot(prosody, make_bot, account, room_jid)
     bot.settings.set_backoff(0.3, 0.6)
     bot.settings.health_grace = 1.0
-    await bot.start()
-    await bot.join(room_jid, "bot")
     health = bot.guard.health()
     assert health.healthy and health.stream_up and health.account == str(jid.bare())
     [room] = health.rooms
@@ -71,4 +76,22 @@ async def test_health_turns_unhealthy_past_the_grace_and_back_and_logs_each_even
     others = [r.getMessage() for r in caplog.records
               if r.name != "muc_guard.events" and r.name.startswith("muc_guard")]
     assert not [m for m in others if "dropped (" in m or "rejoined as" in m], others
+    await bot.stop()
+
+
+async def test_a_kick_is_a_drop_and_a_give_up_listed_but_not_unhealthy(
+        prosody, make_bot, account, room_jid, caplog):
+    caplog.set_level(logging.INFO, logger="muc_guard.events")
+    bot, _ = await _joined_bot(prosody, make_bot, account, room_jid)
+    await prosody.kick_with_codes(room_jid, "bot", [307], "behave")
+    await bot.wait_event("gave_up", room_jid)
+    health = bot.guard.health()
+    assert health.healthy and health.problems == ()
+    [room] = health.rooms
+    assert (room.state, room.wanted, room.healthy) == (State.GAVE_UP, False, False)
+    assert health.counters.give_ups == {Cause.KICKED: 1} == health.counters.drops
+    lines = [r for r in caplog.records if r.name == "muc_guard.events"]
+    assert [(r.muc_event, r.muc_cause) for r in lines] == [   # type: ignore[attr-defined]
+        ("dropped", "kicked"), ("gave_up", "kicked")]
+    assert lines[1].muc_attempts == 0                          # type: ignore[attr-defined]
     await bot.stop()
