@@ -230,8 +230,8 @@ class BaseRunner:
 
     def _run_rejoined(self, c: cmd.Rejoined) -> None:
         outage = c.downtime
-        self._log_event(logging.INFO, "rejoined", c.rec, "rejoined as %r%s after %d attempt(s)",
-                        c.rec.nick, f" after {outage:.1f} s out" if outage is not None else "",
+        self._log_event(logging.INFO, "rejoined", c.rec, "rejoined as %r (%sjoin attempts: %d)",
+                        c.rec.nick, f"out {outage:.1f} s, " if outage is not None else "",
                         c.attempts,
                         cause=c.rec.last_cause.value if c.rec.last_cause and outage is not None
                         else None,
