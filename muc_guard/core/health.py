@@ -26,6 +26,23 @@ The core already knows all of it; this module only names it.
   emits a :class:`~muc_guard.core.commands.Gap` command and the front-ends
   fire ``on_gap`` / ``muc_guard_gap``.
 
+When is it a gap? Exactly when recovery could not reach back to the last
+message delivered (``rec.position``); never for a room without one:
+
+* ARCHIVE_EXPIRED (:meth:`.joins.Joiner.archive_read`): the archive no longer
+  knew our last stanza-id (``ArchiveRead.expired``: the front-end read by
+  time) and its first message is newer than our position: from our position
+  to that message (none: to the first live message held back, else the
+  read's end). The archive cannot say whether anything was said between.
+* ARCHIVE_LIMIT: ``archive_limit`` messages read and the archive not
+  complete: from the last message read to where live delivery resumes.
+* HISTORY_SHORT (:meth:`.context.CoreContext.offer`): the join asked for
+  history since our position minus ``DIGEST_TOLERANCE``, so a history that
+  still holds our last message replays a copy of it (or of one before it)
+  first. A replayed message that is new before any such copy: from our
+  position to that message. (A room that keeps exactly as many messages as
+  were missed looks the same: reported, though nothing was lost.)
+
 ``healthy`` means: the stream is up and every wanted room is joined, or is
 inside a *bounded* rejoin: out for less than ``Settings.health_grace``
 seconds (default 120 s: one full backoff cycle at ``backoff_max`` = 60 s plus
@@ -39,14 +56,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, TypeVar
 
 from .policy import Cause
-from .record import State
+from .record import Phase, RoomRecord, State
+from .selfping import PingVerdict as Reply
 
 __all__ = ["GapReason", "PingVerdict", "OUTAGE_BUCKETS", "Stats", "Counters",
-           "RoomHealth", "Health"]
+           "RoomHealth", "Health", "ping_verdict", "build_health"]
+
+_K = TypeVar("_K", bound=Hashable)
 
 
 class GapReason(enum.Enum):
@@ -67,6 +87,22 @@ class PingVerdict(enum.Enum):
     NOT_JOINED = "not-joined"
     TIMEOUT = "timeout"
     INCONCLUSIVE = "inconclusive"   #: an error that proves nothing; retried
+
+
+def ping_verdict(reply: Reply, *, timed_out: bool) -> PingVerdict:
+    """How a self-ping reply (:func:`~muc_guard.core.selfping.read_ping_reply`) is counted."""
+    if timed_out:
+        return PingVerdict.TIMEOUT
+    if reply is Reply.JOINED:
+        return PingVerdict.JOINED
+    if reply is Reply.NOT_JOINED:
+        return PingVerdict.NOT_JOINED
+    return PingVerdict.INCONCLUSIVE
+
+
+def bump(counts: dict[_K, int], key: _K) -> None:
+    """Add one to `counts[key]`."""
+    counts[key] = counts.get(key, 0) + 1
 
 
 #: Upper bounds (seconds) of the outage-duration histogram; the last is +Inf.
@@ -153,7 +189,9 @@ class RoomHealth:
     wanted: bool
     #: last proof of membership: room traffic or a self-ping answered as joined
     last_confirmed: float | None
-    #: the current outage (drop, or a stream loss while joined); None while joined
+    #: the current outage: the drop, a stream loss while joined, or (a room not
+    #: joined yet in this process) when this process began to want it; None
+    #: while joined
     outage_since: float | None
     outage_seconds: float | None
     drops: int
@@ -163,7 +201,8 @@ class RoomHealth:
     recovering: bool
     #: where the join stands (record.Phase name, lower case: "idle", "timer", ...)
     join_phase: str
-    #: failed join attempts in the current outage
+    #: join presences sent in the current outage (the one in flight included;
+    #: 0 while joined)
     attempts: int
     gaps: int
     healthy: bool
@@ -206,3 +245,56 @@ class Health:
             "rooms": [r.to_dict() for r in self.rooms],
             "counters": self.counters.to_dict(), "taken_at": self.taken_at,
         }
+
+
+def _room_health(rec: RoomRecord, jid: Hashable, grace: float, now: float,
+                 wall: float) -> RoomHealth:
+    state = rec.state
+    joined = state is State.JOINED
+    # last_traffic is core time (0.0: none in this process)
+    last_confirmed = wall - now + rec.last_traffic if joined or rec.last_traffic else None
+    since = None if joined else rec.out_since
+    outage = max(0.0, wall - since) if since is not None else None
+    if joined:
+        healthy = True
+    elif state is State.GAVE_UP:
+        healthy = False
+    else:
+        healthy = outage is not None and outage < grace
+    return RoomHealth(
+        jid=jid, state=state, nick=rec.nick, wanted=rec.wanted,
+        last_confirmed=last_confirmed, outage_since=since, outage_seconds=outage,
+        drops=rec.drops, last_cause=rec.last_cause,
+        ping_pending=bool(rec.ping) or rec.phase is Phase.PROBE,
+        recovering=rec.phase is Phase.RECOVER, join_phase=rec.phase.name.lower(),
+        attempts=0 if joined else rec.outage_attempts, gaps=rec.gaps, healthy=healthy)
+
+
+def build_health(rooms: Iterable[RoomRecord], stats: Stats, *, account: str,
+                 stream_up: bool, down_since: float | None, grace: float,
+                 now: float, wall: float,
+                 public_jid: Callable[[Hashable], Hashable] | None = None) -> Health:
+    """The snapshot of an account: `now` is core time, `wall` UNIX time;
+    `down_since` (core time) is when the stream went down, None while up."""
+    problems: list[str] = []
+    stream_down_since = None
+    if not stream_up:
+        stream_down_since = wall - now + down_since if down_since is not None else wall
+        down_for = wall - stream_down_since
+        if down_for >= grace:
+            problems.append(f"stream down for {down_for:.0f} s (grace {grace:g} s)")
+    snapshots = []
+    for rec in rooms:
+        room = _room_health(rec, public_jid(rec.jid) if public_jid else rec.jid,
+                            grace, now, wall)
+        snapshots.append(room)
+        if room.wanted and not room.healthy:
+            if room.outage_seconds is None:
+                problems.append(f"{room.jid}: {room.state.value}, outage start unknown")
+            else:
+                problems.append(f"{room.jid}: {room.state.value} for "
+                                f"{room.outage_seconds:.0f} s (grace {grace:g} s)")
+    return Health(account=account, stream_up=stream_up,
+                  stream_down_since=stream_down_since, healthy=not problems,
+                  problems=tuple(problems), grace=grace, rooms=tuple(snapshots),
+                  counters=stats.snapshot(), taken_at=wall)

@@ -112,6 +112,8 @@ async def test_disk_full_keeps_guarding_from_memory_and_writes_later(h, tmp_path
     assert len(full) == 1 and "full" in full[0] and "keeping" in full[0]
     assert rows(path) == stored
     assert engine.writer.failed
+    # health() counts each failed write (the first and the retries so far)
+    assert h.guard.health().counters.store_write_failures >= 1
 
     await conn.execute("PRAGMA max_page_count = 1073741823")        # space again
     await until(lambda: written(engine.writer))
