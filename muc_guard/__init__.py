@@ -14,6 +14,7 @@ import importlib.util
 import logging
 from typing import Any
 
+from .core.health import Counters, GapReason, Health, PingVerdict, RoomHealth
 from .core.policy import Cause, Decision
 from .core.record import RoomInfo, State
 from .errors import GaveUpError, GuardError, RoomLeftError
@@ -65,6 +66,11 @@ __all__ = [
     "Cause",
     "Decision",
     "RoomInfo",
+    "Health",
+    "RoomHealth",
+    "Counters",
+    "GapReason",
+    "PingVerdict",
     "GuardError",
     "GaveUpError",
     "RoomLeftError",

@@ -28,6 +28,7 @@ import aioxmpp.callbacks
 import aioxmpp.muc
 
 from .aioxmpp.driver import GuardDriver
+from .core.health import Health
 from .core.record import RoomInfo
 
 __all__ = ["GuardMixin"]
@@ -53,6 +54,10 @@ class GuardMixin:
     on_rejoined = aioxmpp.callbacks.Signal()
     #: ``on_gave_up(room_jid, cause)``: the guard will not rejoin on its own.
     on_gave_up = aioxmpp.callbacks.Signal()
+    #: ``on_gap(room_jid, since, until, reason)``: recovery could not fill an
+    #: outage; messages said from `since` to `until` (UNIX times, the server's
+    #: clock) are lost; `reason` a :class:`muc_guard.GapReason`.
+    on_gap = aioxmpp.callbacks.Signal()
     #: ``on_message(room_jid, message, *, recovered, own)``: every groupchat
     #: message of a tracked room, once, whichever Room object it came through.
     on_message = aioxmpp.callbacks.Signal()
@@ -176,6 +181,10 @@ class GuardMixin:
     def room_info(self, room_jid: aioxmpp.JID | str) -> RoomInfo | None:
         """Snapshot of one tracked room, or None."""
         return self._guard.room_info(room_jid)
+
+    def health(self) -> Health:
+        """The account's health snapshot: stream, rooms, counters, ``healthy``."""
+        return self._guard.health()
 
     async def _shutdown(self) -> None:
         await self._guard.close()

@@ -611,9 +611,12 @@ class StoreWriter:
     #: as is everything when the guard awaits flush() (join, leave).
     BATCH_DELAY = 1.0
 
-    def __init__(self, store: Store, account: str) -> None:
+    def __init__(self, store: Store, account: str,
+                 on_failure: Callable[[], None] | None = None) -> None:
         self.store = store
         self.account = account
+        #: called once per failed write (the health counters)
+        self._on_failure = on_failure
         self._dirty: dict[Hashable, RoomRecord] = {}
         #: records whose message position alone changed (lazy marks)
         self._moved: dict[Hashable, RoomRecord] = {}
@@ -699,6 +702,8 @@ class StoreWriter:
                     if jid not in self._dirty:
                         self._deleted.add(jid)
                 if isinstance(exc, StoreError):
+                    if self._on_failure is not None:
+                        self._on_failure()
                     if not self.failed:
                         logger.warning("%s; keeping %d change(s) in memory and retrying",
                                        exc, len(dirty) + len(deleted) + len(moved))

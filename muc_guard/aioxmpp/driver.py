@@ -285,6 +285,7 @@ class GuardDriver(BaseDriver):
                                   self.clock.now(rec.service))
         if not verdict:
             return
+        self.offered(verdict)
         if self.writer is not None:
             self.writer.mark(rec, lazy=True)
         self.owner.on_message(jid, message, recovered=verdict == REPLAYED,

@@ -59,6 +59,9 @@ class ArchiveRead:
     error: BaseException | None = None
     #: the stream went away: the rejoin after the reconnect reads again
     lost_stream: bool = False
+    #: the archive no longer knew our last id: read by time instead (a gap
+    #: unless it still holds our position's time; the core decides)
+    expired: bool = False
 
     @property
     def retry(self) -> bool:
@@ -75,6 +78,7 @@ async def read_archive(client: aioxmpp.Client, room: aioxmpp.JID, position: Posi
                        timeout: float) -> ArchiveRead:
     """Read the archive after `position` (its id; else from `since`). Never
     raises but for cancellation."""
+    expired = False
     try:
         try:
             found, complete = await mam.fetch(
@@ -83,14 +87,15 @@ async def read_archive(client: aioxmpp.Client, room: aioxmpp.JID, position: Posi
                 page_size=page_size, limit=limit, timeout=timeout)
         except mam.ArchiveGapError:
             # Our last id expired from the archive (or never was in it).
+            expired = True
             found, complete = await mam.fetch(
                 client, room, since=since, page_size=page_size, limit=limit,
                 timeout=timeout)
     except mam.ArchiveError as exc:
         logger.warning("%s: archive read ended early after %d message(s): %s",
                        room, len(exc.messages), exc)
-        return ArchiveRead(exc.messages, error=exc)
+        return ArchiveRead(exc.messages, error=exc, expired=expired)
     except (ConnectionError, TimeoutError) as exc:
         logger.warning("%s: archive read interrupted (%r)", room, exc)
         return ArchiveRead([], error=exc, lost_stream=isinstance(exc, ConnectionError))
-    return ArchiveRead(found, complete=complete)
+    return ArchiveRead(found, complete=complete, expired=expired)

@@ -126,6 +126,9 @@ class CommandRunner(BaseRunner):
     def _gave_up(self, c: cmd.GaveUp) -> None:
         self.driver.owner.on_gave_up(c.rec.jid, c.cause)
 
+    def _gap(self, c: cmd.Gap) -> None:
+        self.driver.owner.on_gap(c.rec.jid, c.since, c.until, c.reason)
+
     def _hand_over(self, c: cmd.Deliver) -> None:
         self.driver.owner.on_message(c.rec.jid, c.message, recovered=c.recovered, own=c.own)
 
@@ -260,7 +263,8 @@ class CommandRunner(BaseRunner):
         error = None if read.error is None or read.retry else str(read.error)
         return ArchiveRead(rec.jid, c.attempt, tuple(found), complete=read.complete,
                            retry=read.retry, lost_stream=read.lost_stream, error=error,
-                           server_now=self.driver.clock.now(rec.service))
+                           server_now=self.driver.clock.now(rec.service),
+                           expired=read.expired)
 
 
 def _join_failed(c: cmd.SendJoin, exc: Exception) -> JoinFailed:

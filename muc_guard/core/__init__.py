@@ -19,6 +19,7 @@ once), :mod:`.record` (a room's state).
 from .commands import Command
 from .events import Event, TimerKind
 from .guard import LIVE, NOT_NEW, REPLAYED, GuardCore
+from .health import Counters, GapReason, Health, PingVerdict, RoomHealth, Stats
 from .invariants import violations
 from .policy import Cause, Decision
 from .record import Phase, RoomInfo, RoomRecord, State
@@ -26,4 +27,5 @@ from .settings import Settings
 
 __all__ = ["GuardCore", "Settings", "Event", "Command", "TimerKind", "RoomRecord",
            "RoomInfo", "State", "Phase", "Cause", "Decision", "violations",
-           "NOT_NEW", "LIVE", "REPLAYED"]
+           "NOT_NEW", "LIVE", "REPLAYED", "Health", "RoomHealth", "Counters", "Stats",
+           "GapReason", "PingVerdict"]

@@ -142,25 +142,33 @@ class Forget:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Dropped:
-    """Signal: a removal we did not ask for."""
+    """Signal: a removal we did not ask for (`reason`: the room's status text)."""
 
     rec: RoomRecord
     cause: Cause
+    reason: str | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rejoined:
-    """Signal: back in the room after a drop or a restart."""
+    """Signal: back in the room after a drop or a restart. `downtime`:
+    seconds from the drop (None after a restart without one); `attempts`:
+    join presences sent in the outage."""
 
     rec: RoomRecord
+    # for the log and the metrics; not what the signal means (compare=False)
+    downtime: float | None = dataclasses.field(default=None, compare=False)
+    attempts: int = dataclasses.field(default=0, compare=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GaveUp:
-    """Signal: the guard will not rejoin on its own."""
+    """Signal: the guard will not rejoin on its own (`attempts`: join
+    presences sent since the room was last joined)."""
 
     rec: RoomRecord
     cause: Cause
+    attempts: int = dataclasses.field(default=0, compare=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

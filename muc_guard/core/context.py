@@ -19,9 +19,10 @@ import logging
 from collections.abc import Hashable
 from typing import Protocol
 
-from .commands import ArmTimer, CancelTimer, Command, Persist, SendSelfPing
+from .commands import ArmTimer, CancelTimer, Command, Gap, Persist, SendSelfPing
 from .continuity import RoomStream
 from .events import PingReplied, TimerKind
+from .health import GapReason, Stats, bump
 from .policy import Cause
 from .record import RoomRecord
 from .settings import Settings
@@ -63,7 +64,7 @@ class DropRules(Protocol):
     def dropped(self, rec: RoomRecord, cause: Cause, reason: str | None = None) -> None: ...
     def confirm_suspected_drop(self, rec: RoomRecord) -> None: ...
     def give_up(self, rec: RoomRecord, cause: Cause, exc: BaseException | None = None,
-                *, dropped: bool = False) -> None: ...
+                *, dropped: bool = False, reason: str | None = None) -> None: ...
     def join_refused(self, rec: RoomRecord, condition: str,
                      exc: BaseException | None) -> None: ...
 
@@ -90,6 +91,10 @@ class CoreContext:
         #: event being handled
         self.now = 0.0
         self.wall = 0.0
+        #: the running counters (health(), metrics)
+        self.stats = Stats()
+        #: core time the stream went down (or the guard started without one)
+        self.down_since: float | None = None
         self._out: list[Command] = []
         self._attempts = itertools.count(1)
 
@@ -119,9 +124,23 @@ class CoreContext:
         replay = stream.is_replay(room_stamp)
         if not stream.accept(stanza_id, nick, body, now=server_now,
                              stamp=room_stamp if replay else None, delayed=replay):
+            if replay:
+                stream.history_from = None   # the replay reaches back to what we had
             return NOT_NEW
         rec.position = stream.position
-        return REPLAYED if replay else LIVE
+        stats = self.stats
+        stats.delivered += 1
+        if not replay:
+            return LIVE
+        stats.recovered += 1
+        since = stream.history_from
+        if since is not None:
+            # The first replayed message is new, and no copy of what we had
+            # came before it: the history no longer reaches back to our position.
+            stream.history_from = None
+            self.report_gap(rec, since, max(since, stream.position.last_ts or since),
+                            GapReason.HISTORY_SHORT)
+        return REPLAYED
 
     # --- for the parts --------------------------------------------------------------
 
@@ -163,6 +182,19 @@ class CoreContext:
     def send_probe(self, rec: RoomRecord) -> None:
         self.emit(SendSelfPing(rec, rec.attempt, rec.nick,
                                self.settings.probe_timeout, probe=True))
+
+    def report_gap(self, rec: RoomRecord, since: float, until: float,
+                   reason: GapReason) -> None:
+        """Messages said from `since` to `until` (server time) are lost to us."""
+        rec.gaps += 1
+        bump(self.stats.gaps, reason)
+        self.emit(Gap(rec, since, max(since, until), reason))
+
+    def take_output(self) -> list[Command]:
+        """Commands emitted outside :meth:`GuardCore.handle` (a gap found by
+        :meth:`offer`); the front-end runs them before delivering the message."""
+        out, self._out = self._out, []
+        return out
 
     def learn_archive(self, rec: RoomRecord, found: bool) -> None:
         changed = found != rec.has_archive

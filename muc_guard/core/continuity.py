@@ -136,7 +136,7 @@ class RoomStream:
     """
 
     __slots__ = ("position", "_keys", "_stamps", "_base",
-                 "recovering", "buffer", "delivered", "replaying")
+                 "recovering", "buffer", "delivered", "replaying", "history_from")
 
     def __init__(self, position: Position | None = None) -> None:
         self.position = position or Position()
@@ -155,6 +155,14 @@ class RoomStream:
         #: True from a join that asked for history until the room ends its
         #: replay (the subject, or a message the room did not stamp)
         self.replaying = False
+        #: while a replay may still show that the room's history fell short:
+        #: the position's stamp when the join asked for history after it
+        #: (see muc_guard.core.context.CoreContext.offer)
+        self.history_from: float | None = None
+
+    def end_replay(self) -> None:
+        self.replaying = False
+        self.history_from = None
 
     def is_replay(self, room_stamp: float | None) -> bool:
         """Whether a message is a history copy the room replays on our join:
@@ -167,7 +175,7 @@ class RoomStream:
             return False
         if room_stamp is not None:
             return True
-        self.replaying = False
+        self.end_replay()
         return False
 
     def _tenths(self, ts: float) -> int:

@@ -29,6 +29,7 @@ import logging
 from .context import CoreContext
 from .commands import Detach, Dropped, Forget, GaveUp, QueryArchiveSupport, Rejoined, ResolveWaiters
 from .events import TimerKind
+from .health import bump
 from .policy import Cause, Decision, decide
 from .record import Phase, RoomRecord, State
 
@@ -56,10 +57,13 @@ class Drops:
             rec.nick = nick
         rec.confirmed = True
         self.core.nicks.end(rec)
+        downtime = None
         if rec.last_dropped is not None and (rec.last_joined is None
                                              or rec.last_joined < rec.last_dropped):
-            rec.last_downtime = self.core.wall - rec.last_dropped   # this join ends that outage
+            # this join ends that outage
+            downtime = rec.last_downtime = self.core.wall - rec.last_dropped
         rec.last_joined = self.core.wall
+        rec.out_since = None
         self.core.traffic(rec, self.core.now)
         self.core.persist(rec)
         self.core.emit(ResolveWaiters(rec, joined=True))
@@ -80,9 +84,16 @@ class Drops:
         self.core.nicks.arm_reclaim(rec)
         announce = rec.announce_rejoin
         rec.announce_rejoin = False
-        logger.info("%s: %s as %r", rec.jid, "rejoined" if announce else "joined", rec.nick)
+        if not announce:
+            logger.info("%s: joined as %r", rec.jid, rec.nick)
         if announce:
-            self.core.emit(Rejoined(rec))
+            stats = self.core.stats
+            stats.rejoins += 1
+            if downtime is not None:
+                stats.observe_outage(downtime)
+            # logged, with the outage and the attempts, where it is signalled
+            self.core.emit(Rejoined(rec, downtime, rec.outage_attempts))
+        rec.outage_attempts = 0
 
     def dropped(self, rec: RoomRecord, cause: Cause, reason: str | None = None) -> None:
         """We are no longer in a joined room: rejoin, or respect its will."""
@@ -90,16 +101,15 @@ class Drops:
             return
         self._detach(rec)
         self._record_drop(rec, cause, self.core.wall)
+        rec.out_since, rec.outage_attempts = self.core.wall, 0
         decision = decide(cause)
-        logger.warning("%s: dropped (%s%s); %s", rec.jid, cause.value,
-                       f": {reason}" if reason else "", decision.value)
         if decision is Decision.GIVE_UP:
-            self.give_up(rec, cause, dropped=True)
+            self.give_up(rec, cause, dropped=True, reason=reason)
             return
         rec.state = State.REJOINING
         rec.announce_rejoin = True
         self.core.persist(rec)
-        self.core.emit(Dropped(rec, cause))
+        self._signal_drop(rec, cause, reason)
         flaps = self._count_flap(rec, cause)
         delay = self.core.settings.backoff.first_delay(cause, flaps)
         self.core.joins.start(rec, delay, flaps)
@@ -113,7 +123,8 @@ class Drops:
         self._detach(rec)
         rec.state = State.REJOINING
         rec.probe = True
-        rec.suspect_since = self.core.wall
+        rec.suspect_since = rec.out_since = self.core.wall
+        rec.outage_attempts = 0
         self.core.joins.start(rec, 0.0)
 
     def confirm_suspected_drop(self, rec: RoomRecord) -> None:
@@ -124,8 +135,12 @@ class Drops:
         self._record_drop(rec, Cause.STREAM_LOST, since)
         rec.announce_rejoin = True
         self.core.persist(rec)
-        logger.warning("%s: dropped (%s); rejoin", rec.jid, Cause.STREAM_LOST.value)
-        self.core.emit(Dropped(rec, Cause.STREAM_LOST))
+        self._signal_drop(rec, Cause.STREAM_LOST)
+
+    def _signal_drop(self, rec: RoomRecord, cause: Cause, reason: str | None = None) -> None:
+        """on_dropped; the structured log line goes with it (frontend.runner)."""
+        bump(self.core.stats.drops, cause)
+        self.core.emit(Dropped(rec, cause, reason))
 
     @staticmethod
     def _record_drop(rec: RoomRecord, cause: Cause, at: float) -> None:
@@ -150,24 +165,28 @@ class Drops:
         self.core.pings.stop(rec)
         self.core.nicks.end(rec)
         self.core.cancel(rec, TimerKind.RECLAIM)
+        if rec.stream is not None:
+            rec.stream.history_from = None   # a replay seen now is no rejoin's
         if rec.phase is Phase.RECOVER:
             self.core.joins.abort(rec)
         self.core.emit(Detach(rec))
 
     def give_up(self, rec: RoomRecord, cause: Cause, exc: BaseException | None = None,
-                *, dropped: bool = False) -> None:
+                *, dropped: bool = False, reason: str | None = None) -> None:
         rec.state = State.GAVE_UP
         rec.last_cause = cause
         self.core.halt(rec)
+        if rec.stream is not None:
+            rec.stream.history_from = None
         if not dropped:    # a drop detached it already
             self.core.emit(Detach(rec))
         # A crash must not lead to a rejoin against the room's will.
         self.core.persist(rec, now=True)
         self.core.emit(ResolveWaiters(rec, error="gave-up", cause=cause, exception=exc))
-        logger.warning("%s: gave up (%s)", rec.jid, cause.value)
         if dropped:
-            self.core.emit(Dropped(rec, cause))
-        self.core.emit(GaveUp(rec, cause))
+            self._signal_drop(rec, cause, reason)
+        bump(self.core.stats.give_ups, cause)
+        self.core.emit(GaveUp(rec, cause, rec.outage_attempts))
 
     def join_refused(self, rec: RoomRecord, condition: str,
                      exc: BaseException | None) -> None:

@@ -242,6 +242,8 @@ class ArchiveRead:
     error: str | None = None
     #: the server's time when the read ended (archived stamps never pass it)
     server_now: float = 0.0
+    #: the archive no longer knew our last message's id: the read went by time
+    expired: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

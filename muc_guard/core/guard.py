@@ -38,7 +38,7 @@ when nothing changes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from .commands import (
@@ -73,6 +73,7 @@ from .events import (
     TimerKind,
 )
 from .drops import Drops
+from .health import Health, build_health
 from .joins import Joiner
 from .nicks import Nicks
 from .pings import Pinger
@@ -159,6 +160,15 @@ class GuardCore(CoreContext):
         out, self._out = self._out, []
         return out
 
+    def health(self, account: str, now: float, wall: float,
+               public_jid: Callable[[Hashable], Hashable] | None = None) -> Health:
+        """The account's health snapshot at core time `now`, UNIX time `wall`
+        (see :mod:`muc_guard.core.health`); changes nothing."""
+        return build_health(self.rooms.values(), self.stats, account=account,
+                            stream_up=self.stream_up, down_since=self.down_since,
+                            grace=self.settings.health_grace, now=now, wall=wall,
+                            public_jid=public_jid)
+
     def set_ping_idle(self, value: float, now: float) -> list[Command]:
         value = float(value)
         if value <= 0:
@@ -174,11 +184,13 @@ class GuardCore(CoreContext):
     def _join_requested(self, event: JoinRequested) -> None:
         if self.closed:
             raise RuntimeError("muc_guard is shut down")
+        self._note_start()
         rec = self.rooms.get(event.room)
         if rec is None:
             rec = RoomRecord(jid=event.room, service=event.service,
                              requested_nick=event.nick, nick=event.nick,
-                             password=event.password, added=self.wall)
+                             password=event.password, added=self.wall,
+                             out_since=self.wall)
             self.rooms[event.room] = rec
             self.emit(Persist(rec, now=True))
             self.joins.start(rec, 0.0)
@@ -194,6 +206,7 @@ class GuardCore(CoreContext):
         if rewanted:
             rec.state = State.JOINING
             rec.announce_rejoin = False
+            rec.out_since, rec.outage_attempts = self.wall, 0
         if rewanted or event.nick != rec.requested_nick:
             rec.requested_nick = rec.nick = event.nick
         if event.password is not None:
@@ -215,7 +228,14 @@ class GuardCore(CoreContext):
             raise KeyError(f"{event.room} is not tracked")
         self.nicks.request(rec, event.nick)
 
+    def _note_start(self) -> None:
+        """Before the first stream, the stream counts as down since the
+        guard was first asked for something."""
+        if not self.stream_up and self.down_since is None:
+            self.down_since = self.now
+
     def _store_loaded(self, event: StoreLoaded) -> None:
+        self._note_start()
         restored = 0
         for row in event.records:
             # Joined when the last process ended: a server may have kept
@@ -237,6 +257,7 @@ class GuardCore(CoreContext):
             row.confirmed = True
             row.announce_rejoin = row.wanted
             row.probe = probe
+            row.out_since = self.wall
             self.rooms[row.jid] = row
             if row.wanted:
                 restored += 1
@@ -249,6 +270,7 @@ class GuardCore(CoreContext):
 
     def _stream_up(self, event: StreamUp) -> None:
         self.stream_up = True
+        self.down_since = None
         self.resource = event.resource
         for rec in list(self.rooms.values()):
             if rec.wanted and rec.state is not State.JOINED:
@@ -258,6 +280,8 @@ class GuardCore(CoreContext):
                     self.joins.start(rec, 0.0)
 
     def _stream_down(self, event: StreamDown) -> None:
+        if self.stream_up or self.down_since is None:
+            self.down_since = self.now
         self.stream_up = False
         self.occupant_resource = event.resource
         lost = [rec for rec in self.rooms.values() if rec.state is State.JOINED]
@@ -275,10 +299,13 @@ class GuardCore(CoreContext):
             self.joins.stream_lost(rec)
 
     def _stream_suspended(self, event: StreamSuspended) -> None:
+        if self.stream_up or self.down_since is None:
+            self.down_since = self.now
         self.stream_up = False   # XEP-0198 hibernation: pings and joins wait
 
     def _stream_resumed(self, event: StreamResumed) -> None:
         self.stream_up = True
+        self.down_since = None
         self.pings.rearm_all()
         for rec in list(self.rooms.values()):
             if rec.phase is Phase.STREAM:
@@ -343,7 +370,7 @@ class GuardCore(CoreContext):
 
     def _subject(self, rec: RoomRecord, event: SubjectSeen) -> None:
         if rec.stream is not None:
-            rec.stream.replaying = False   # the subject ends the history
+            rec.stream.end_replay()   # the subject ends the history
 
     # --- results --------------------------------------------------------------------
 

@@ -39,14 +39,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, TypeVar
 
 from .policy import Cause
-from .record import State
+from .record import Phase, RoomRecord, State
+from .selfping import PingVerdict as Reply
 
 __all__ = ["GapReason", "PingVerdict", "OUTAGE_BUCKETS", "Stats", "Counters",
-           "RoomHealth", "Health"]
+           "RoomHealth", "Health", "ping_verdict", "build_health"]
+
+_K = TypeVar("_K", bound=Hashable)
 
 
 class GapReason(enum.Enum):
@@ -67,6 +70,22 @@ class PingVerdict(enum.Enum):
     NOT_JOINED = "not-joined"
     TIMEOUT = "timeout"
     INCONCLUSIVE = "inconclusive"   #: an error that proves nothing; retried
+
+
+def ping_verdict(reply: Reply, *, timed_out: bool) -> PingVerdict:
+    """How a self-ping reply (:func:`~muc_guard.core.selfping.read_ping_reply`) is counted."""
+    if timed_out:
+        return PingVerdict.TIMEOUT
+    if reply is Reply.JOINED:
+        return PingVerdict.JOINED
+    if reply is Reply.NOT_JOINED:
+        return PingVerdict.NOT_JOINED
+    return PingVerdict.INCONCLUSIVE
+
+
+def bump(counts: dict[_K, int], key: _K) -> None:
+    """Add one to `counts[key]`."""
+    counts[key] = counts.get(key, 0) + 1
 
 
 #: Upper bounds (seconds) of the outage-duration histogram; the last is +Inf.
@@ -163,7 +182,8 @@ class RoomHealth:
     recovering: bool
     #: where the join stands (record.Phase name, lower case: "idle", "timer", ...)
     join_phase: str
-    #: failed join attempts in the current outage
+    #: join presences sent in the current outage (the one in flight included;
+    #: 0 while joined)
     attempts: int
     gaps: int
     healthy: bool
@@ -206,3 +226,56 @@ class Health:
             "rooms": [r.to_dict() for r in self.rooms],
             "counters": self.counters.to_dict(), "taken_at": self.taken_at,
         }
+
+
+def _room_health(rec: RoomRecord, jid: Hashable, grace: float, now: float,
+                 wall: float) -> RoomHealth:
+    state = rec.state
+    joined = state is State.JOINED
+    # last_traffic is core time (0.0: none in this process)
+    last_confirmed = wall - now + rec.last_traffic if joined or rec.last_traffic else None
+    since = None if joined else rec.out_since
+    outage = max(0.0, wall - since) if since is not None else None
+    if joined:
+        healthy = True
+    elif state is State.GAVE_UP:
+        healthy = False
+    else:
+        healthy = outage is not None and outage < grace
+    return RoomHealth(
+        jid=jid, state=state, nick=rec.nick, wanted=rec.wanted,
+        last_confirmed=last_confirmed, outage_since=since, outage_seconds=outage,
+        drops=rec.drops, last_cause=rec.last_cause,
+        ping_pending=bool(rec.ping) or rec.phase is Phase.PROBE,
+        recovering=rec.phase is Phase.RECOVER, join_phase=rec.phase.name.lower(),
+        attempts=0 if joined else rec.outage_attempts, gaps=rec.gaps, healthy=healthy)
+
+
+def build_health(rooms: Iterable[RoomRecord], stats: Stats, *, account: str,
+                 stream_up: bool, down_since: float | None, grace: float,
+                 now: float, wall: float,
+                 public_jid: Callable[[Hashable], Hashable] | None = None) -> Health:
+    """The snapshot of an account: `now` is core time, `wall` UNIX time;
+    `down_since` (core time) is when the stream went down, None while up."""
+    problems: list[str] = []
+    stream_down_since = None
+    if not stream_up:
+        stream_down_since = wall - now + down_since if down_since is not None else wall
+        down_for = wall - stream_down_since
+        if down_for >= grace:
+            problems.append(f"stream down for {down_for:.0f} s (grace {grace:g} s)")
+    snapshots = []
+    for rec in rooms:
+        room = _room_health(rec, public_jid(rec.jid) if public_jid else rec.jid,
+                            grace, now, wall)
+        snapshots.append(room)
+        if room.wanted and not room.healthy:
+            if room.outage_seconds is None:
+                problems.append(f"{room.jid}: {room.state.value}, outage start unknown")
+            else:
+                problems.append(f"{room.jid}: {room.state.value} for "
+                                f"{room.outage_seconds:.0f} s (grace {grace:g} s)")
+    return Health(account=account, stream_up=stream_up,
+                  stream_down_since=stream_down_since, healthy=not problems,
+                  problems=tuple(problems), grace=grace, rooms=tuple(snapshots),
+                  counters=stats.snapshot(), taken_at=wall)

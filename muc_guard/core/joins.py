@@ -51,6 +51,7 @@ import logging
 
 from .context import CoreContext
 from .commands import CancelJoin, Deliver, QueryArchiveSupport, ReadArchive, SendJoin
+from .continuity import Buffered
 from .events import (
     ArchiveRead,
     ArchiveSupport,
@@ -60,6 +61,7 @@ from .events import (
     PingReplied,
     TimerKind,
 )
+from .health import GapReason, bump, ping_verdict
 from .policy import Cause, classify_join_error
 from .record import Phase, RoomRecord, State
 from .selfping import PingVerdict, read_ping_reply
@@ -173,8 +175,11 @@ class Joiner:
             return
         # Only a clear "joined" counts: item-not-found (XEP-0410 §3.2: maybe a
         # changed nick) and no answer cost nothing to settle with a join.
-        still = not event.aborted and read_ping_reply(
-            event.condition, timed_out=event.timed_out) is PingVerdict.JOINED
+        still = False
+        if not event.aborted:
+            reply = read_ping_reply(event.condition, timed_out=event.timed_out)
+            bump(self.core.stats.pings, ping_verdict(reply, timed_out=event.timed_out))
+            still = reply is PingVerdict.JOINED
         logger.info("%s: probe before rejoin: %s", rec.jid,
                     "still an occupant, refreshing" if still else (event.condition or "?"))
         self._probed(rec, still)
@@ -238,10 +243,15 @@ class Joiner:
         # With an archive, live messages wait until the archive has been read.
         stream.recovering = archive
         stream.replaying = not archive
+        # The history asked for starts a little before our position: a replay
+        # that shows none of what we had fell short (CoreContext.offer).
+        stream.history_from = None if archive else rec.position.last_ts
         stream.buffer = None    # what waited for an earlier join comes back from there
         rec.phase = Phase.JOIN
         rec.attempt = self.core.new_attempt()
         rec.join_nick = rec.nick
+        rec.outage_attempts += 1
+        self.core.stats.join_attempts += 1
         self.core.emit(SendJoin(rec, rec.attempt, rec.nick, rec.password, archive,
                                 rec.position.last_ts, rec.last_joined, rec.confirmed))
 
@@ -271,7 +281,8 @@ class Joiner:
         rec.phase, rec.attempt = Phase.IDLE, 0    # answered: nothing left to cancel
         core = self.core
         if rec.stream is not None:
-            rec.stream.recovering = rec.stream.replaying = False
+            rec.stream.recovering = False
+            rec.stream.end_replay()
             rec.stream.buffer = None
         failure = event.failure
         if failure is JoinFailure.ERROR:
@@ -318,6 +329,8 @@ class Joiner:
         backoff from where it ended, live messages waiting behind it."""
         core = self.core
         stream = core.stream_of(rec)
+        if event.expired and (event.found or not event.retry):
+            self._expired_gap(rec, event, stream.buffer)
         self._deliver_archived(rec, event)
         rec.permanent += len(event.found)
         total, limit = rec.permanent, core.settings.archive_limit
@@ -340,9 +353,12 @@ class Joiner:
         if event.error is not None:
             logger.warning("%s: the archive refused the rest (%s): messages may be missing",
                            rec.jid, event.error)
-        elif not event.complete and total:
-            logger.warning("%s: archive recovery stopped after %d message(s) "
-                           "(archive_limit)", rec.jid, total)
+        elif not event.complete and total >= limit and rec.position.last_ts is not None:
+            # The archive has more than archive_limit after our position: what
+            # lies between the last message read and the first live one is lost.
+            last = rec.position.last_ts
+            core.report_gap(rec, last, _live_resumes(stream.buffer, event),
+                            GapReason.ARCHIVE_LIMIT)
         stream.recovering = False
         buffered, stream.buffer = stream.buffer or [], None
         for message, received, stanza_id, nick, body in buffered:
@@ -351,6 +367,24 @@ class Joiner:
                 core.emit(Deliver(rec, message, recovered=False, own=nick == rec.nick))
         logger.info("%s: recovered %d message(s) from the archive", rec.jid, total)
         self.end(rec)
+
+    def _expired_gap(self, rec: RoomRecord, event: ArchiveRead,
+                     buffered: list[Buffered] | None) -> None:
+        """The archive no longer knows our last message's id, so the read
+        went by time: unless the archive still holds a message at or before
+        our position, what was said from it up to the first message the
+        archive returned (or, with none, to the first live one) is gone."""
+        since = rec.position.last_ts
+        if since is None:
+            return
+        if event.found:
+            first = event.found[0].stamp
+            if first <= since:
+                return    # the archive still reaches back to our position
+            until = first
+        else:
+            until = _live_resumes(buffered, event)
+        self.core.report_gap(rec, since, until, GapReason.ARCHIVE_EXPIRED)
 
     def retry_archive(self, rec: RoomRecord) -> None:
         if rec.phase is Phase.RECOVER:
@@ -363,10 +397,19 @@ class Joiner:
             return
         stream = self.core.stream_of(rec)
         live_ids = {item[2] for item in stream.buffer or ()}
+        stats = self.core.stats
         for item in event.found:
             if stream.accept(item.archive_id, item.nick, item.body, now=event.server_now,
                              stamp=item.stamp, delayed=True):
                 rec.position = stream.position
-                self.core.emit(Deliver(rec, item.message,
-                                       recovered=item.archive_id not in live_ids,
+                recovered = item.archive_id not in live_ids
+                stats.delivered += 1
+                stats.recovered += recovered
+                self.core.emit(Deliver(rec, item.message, recovered=recovered,
                                        own=item.nick == rec.nick))
+
+
+def _live_resumes(buffered: list[Buffered] | None, event: ArchiveRead) -> float:
+    """Where live delivery takes over after an archive read: the first live
+    message held back during it, or the server's time when it ended."""
+    return buffered[0][1] if buffered else event.server_now

@@ -40,6 +40,7 @@ import math
 from .context import CoreContext
 from .commands import SendSelfPing
 from .events import PingReplied, TimerKind
+from .health import bump, ping_verdict
 from .policy import Cause
 from .record import RoomRecord, State
 from .selfping import PingOutcome, read_ping_reply
@@ -172,6 +173,7 @@ class Pinger:
                 self.arm(rec, core.now + core.settings.ping_idle)
             return
         verdict = read_ping_reply(event.condition, timed_out=event.timed_out)
+        bump(core.stats.pings, ping_verdict(verdict, timed_out=event.timed_out))
         outcome = rec.judge.judge(verdict, timed_out=event.timed_out)
         logger.debug("%s: self-ping %s -> %s", rec.jid,
                      "timeout" if event.timed_out else (event.condition or "result"),

@@ -147,6 +147,13 @@ class RoomRecord:
     #: drops in a row that each came soon after such a rejoin (see backoff.py)
     flaps: int = 0
     flags: int = 0
+    #: UNIX time the room's current outage began (the drop, the stream loss
+    #: while joined, or this process starting to want it); None while joined
+    out_since: float | None = None
+    #: join presences sent since that outage began (the health snapshot, the log)
+    outage_attempts: int = 0
+    #: gaps reported for this room by this process
+    gaps: int = 0
     #: the front-end's own per-room state; the core never reads it
     io: object = None
 

@@ -1,8 +1,8 @@
 """
 The user's operations, as requests to the core: the part every front-end shares.
 
-``join``, ``set_nick``, ``rooms``, ``room_info``, ``open_store`` and
-``close`` do the same thing whatever the XMPP library: hand the core a
+``join``, ``set_nick``, ``rooms``, ``room_info``, ``health``, ``open_store``
+and ``close`` do the same thing whatever the XMPP library: hand the core a
 request, run its commands, wait on a future the core resolves, flush the
 store. A front-end's ``GuardDriver`` subclasses :class:`BaseDriver` and adds
 the library's side: stanzas in (facts for the core), stream events, the nick
@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 from ..closer import StoreCloser
 from ..core.commands import SendNick
 from ..core.events import JoinRequested, NickRequested, StoreLoaded, TimerKind
-from ..core.guard import GuardCore
+from ..core.guard import REPLAYED, GuardCore
+from ..core.health import Health
 from ..core.invariants import violations
 from ..core.joins import RUNNING_PHASES
 from ..core.record import Phase, RoomInfo, RoomRecord, State
@@ -124,6 +125,25 @@ class BaseDriver:
         if now is not None:
             self.runner.run(commands)
 
+    def health(self) -> Health:
+        """The account's health snapshot (:mod:`muc_guard.core.health`)."""
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:    # no loop: the default loop's clock is monotonic too
+            now = time.monotonic()
+        return self.core.health(self.account, now, time.time(), self.runner.public_jid)
+
+    def offered(self, verdict: int) -> None:
+        """After :meth:`GuardCore.offer`: a replayed message may have shown
+        that the history fell short; the gap is reported before the message."""
+        if verdict == REPLAYED:
+            pending = self.core.take_output()
+            if pending:
+                self.runner.run(pending)
+
+    def store_write_failed(self) -> None:
+        self.core.stats.store_write_failures += 1
+
     def violations(self) -> list[str]:
         """Broken invariants (:mod:`muc_guard.core.invariants`), and the
         driver's own: every phase that waits for I/O has its task."""
@@ -163,7 +183,7 @@ class BaseDriver:
             logger.warning("%s", exc)
             crashed = True
         self.store = store
-        self.writer = StoreWriter(store, self.account)
+        self.writer = StoreWriter(store, self.account, self.store_write_failed)
         self._closer = await StoreCloser.watch(store, self.writer)
         self._stored_resource = await store.load_resource(self.account)
         self.core.occupant_resource = self._stored_resource
@@ -179,6 +199,7 @@ class BaseDriver:
             await self.store.save_resource(self.account, resource)
             self._stored_resource = resource
         except StoreError as exc:
+            self.store_write_failed()
             logger.warning("%s", exc)
 
     async def join(self, room: Any, nick: str, *, password: str | None = None) -> Any:

@@ -7,12 +7,19 @@ runs its join, probe or archive read, the store's marks, the futures of
 waiting ``join()`` calls. A front-end's ``CommandRunner`` subclasses
 :class:`BaseRunner` and adds the I/O: ``_join``, ``_self_ping``,
 ``_archive_support``, ``_archive_read``, ``_detach`` and the user signals
-(``_dropped``, ``_rejoined``, ``_gave_up``, ``_hand_over``). What the I/O
+(``_dropped``, ``_rejoined``, ``_gave_up``, ``_gap``, ``_hand_over``). What the I/O
 returns goes back to the core as an event (:meth:`BaseRunner.feed`), naming
 the attempt the command carried, so a late answer is ignored there.
 
 The per-room handles live in a :class:`RoomIO` (or a front-end's subclass)
 on the record (``rec.io``); the core never reads it.
+
+Every drop, rejoin, give-up and gap is logged here, once for both
+front-ends, as one line on the ``muc_guard.events`` logger with its facts in
+``extra=`` fields (``muc_event``, ``muc_account``, ``muc_room``,
+``muc_cause``, ``muc_status``, ``muc_reason``, ``muc_outage_seconds``,
+``muc_attempts``, ``muc_gap_since``, ``muc_gap_until``), so that a JSON log handler picks them
+up; then the front-end's signal fires.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from ..errors import GaveUpError, GuardError, RoomLeftError
 __all__ = ["BaseRunner", "RoomIO", "io_of"]
 
 logger = logging.getLogger("muc_guard")
+#: one structured line per drop, rejoin, give-up and gap (see the module docs)
+events_logger = logging.getLogger("muc_guard.events")
 
 _PING = TimerKind.PING
 
@@ -99,9 +108,10 @@ class BaseRunner:
             cmd.Detach: self._detach,
             cmd.Persist: self._persist,
             cmd.Forget: self._forget,
-            cmd.Dropped: self._dropped,
-            cmd.Rejoined: self._rejoined,
-            cmd.GaveUp: self._gave_up,
+            cmd.Dropped: self._run_dropped,
+            cmd.Rejoined: self._run_rejoined,
+            cmd.GaveUp: self._run_gave_up,
+            cmd.Gap: self._run_gap,
             cmd.Deliver: self._deliver,
             cmd.ResolveWaiters: self._resolve_waiters,
         }
@@ -135,6 +145,9 @@ class BaseRunner:
         raise NotImplementedError
 
     def _gave_up(self, c: cmd.GaveUp) -> None:
+        raise NotImplementedError
+
+    def _gap(self, c: cmd.Gap) -> None:
         raise NotImplementedError
 
     def _hand_over(self, c: cmd.Deliver) -> None:
@@ -197,6 +210,47 @@ class BaseRunner:
                 io.task = None
         if event is not None:
             self.feed(event)
+
+    # --- signals, with their log line ----------------------------------------------
+
+    def _log_event(self, level: int, event: str, rec: RoomRecord, text: str,
+                   *args: Any, **fields: Any) -> None:
+        if not events_logger.isEnabledFor(level):
+            return
+        extra = {"muc_event": event, "muc_account": self.driver.account,
+                 "muc_room": str(rec.jid)}
+        extra.update(("muc_" + key, value) for key, value in fields.items())
+        events_logger.log(level, "%s: " + text, rec.jid, *args, extra=extra)
+
+    def _run_dropped(self, c: cmd.Dropped) -> None:
+        self._log_event(logging.WARNING, "dropped", c.rec, "dropped (%s%s)", c.cause.value,
+                        f": {c.reason}" if c.reason else "", cause=c.cause.value,
+                        status=c.reason)
+        self._dropped(c)
+
+    def _run_rejoined(self, c: cmd.Rejoined) -> None:
+        outage = c.downtime
+        self._log_event(logging.INFO, "rejoined", c.rec, "rejoined as %r%s after %d attempt(s)",
+                        c.rec.nick, f" after {outage:.1f} s out" if outage is not None else "",
+                        c.attempts,
+                        cause=c.rec.last_cause.value if c.rec.last_cause and outage is not None
+                        else None,
+                        outage_seconds=outage, attempts=c.attempts)
+        self._rejoined(c)
+
+    def _run_gave_up(self, c: cmd.GaveUp) -> None:
+        rec = c.rec
+        outage = time.time() - rec.out_since if rec.out_since is not None else None
+        self._log_event(logging.WARNING, "gave_up", rec, "gave up (%s)", c.cause.value,
+                        cause=c.cause.value, outage_seconds=outage, attempts=c.attempts)
+        self._gave_up(c)
+
+    def _run_gap(self, c: cmd.Gap) -> None:
+        self._log_event(logging.WARNING, "gap", c.rec,
+                        "messages from %s to %s are lost (%s)", _iso(c.since), _iso(c.until),
+                        c.reason.value, reason=c.reason.value, gap_since=c.since,
+                        gap_until=c.until, outage_seconds=c.until - c.since)
+        self._gap(c)
 
     # --- joins ----------------------------------------------------------------------
 
@@ -362,3 +416,8 @@ class BaseRunner:
                 waiter.set_result(self.joined_value(c.rec, io))
             else:
                 waiter.set_exception(error)
+
+
+def _iso(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, tz=datetime.timezone.utc).isoformat(
+        timespec="seconds")

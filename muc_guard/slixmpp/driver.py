@@ -438,6 +438,7 @@ class GuardDriver(BaseDriver):
                                   self.clock.now(rec.service))
         if not verdict:
             return
+        self.offered(verdict)
         if self.writer is not None:
             self.writer.mark(rec, lazy=True)
         self.deliver(rec, stanza, recovered=verdict == REPLAYED, own=nick == rec.nick)

@@ -72,6 +72,8 @@ class Read:
     complete: bool = False
     #: the error condition (or "timeout") that ended the read early
     error: str | None = None
+    #: the archive no longer knew our last id: read by time instead
+    expired: bool = False
 
     @property
     def retry(self) -> bool:
@@ -264,7 +266,9 @@ async def read_archive(driver: Any, room: str, after_id: str | None, since: floa
         except _Gap:
             logger.info("%s: the archive no longer holds %s; reading from the time", room,
                         after_id)
-            return await _fetch(driver, room, after_id=None, since=since,
+            read = await _fetch(driver, room, after_id=None, since=since,
                                 page_size=page_size, limit=limit, timeout=timeout)
+            read.expired = True
+            return read
     except _Stop as stop:      # from _holds_newest
         return Read([], error=stop.condition)

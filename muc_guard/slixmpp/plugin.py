@@ -20,6 +20,7 @@ from typing import Any
 from slixmpp import JID
 from slixmpp.plugins import BasePlugin
 
+from ..core.health import Health
 from ..core.record import RoomInfo
 from ..core.settings import Settings
 from .connection import ConnectionKeeper, check_bounds
@@ -72,6 +73,9 @@ class MUCGuardPlugin(BasePlugin):
     * ``muc_guard_rejoined``: ``{"room": JID, "nick": str}``, back in;
     * ``muc_guard_gave_up``: ``{"room": JID, "cause": muc_guard.Cause}``, the
       guard will not rejoin on its own;
+    * ``muc_guard_gap``: ``{"room": JID, "since": float, "until": float,
+      "reason": muc_guard.GapReason}``, recovery could not fill an outage:
+      messages said between the two UNIX times (the server's clock) are lost;
     * ``muc_guard_message``: ``{"room": JID, "message": Message, "recovered":
       bool, "own": bool}``, every groupchat message of a tracked room, once.
 
@@ -204,6 +208,10 @@ class MUCGuardPlugin(BasePlugin):
 
     def room_info(self, room: JID | str) -> RoomInfo | None:
         return self._guard.room_info(room)
+
+    def health(self) -> Health:
+        """The account's health snapshot: stream, rooms, counters, ``healthy``."""
+        return self._guard.health()
 
     async def shutdown(self) -> None:
         """Stop timers and tasks (reconnecting included), flush and close the

@@ -131,6 +131,10 @@ class CommandRunner(BaseRunner):
     def _gave_up(self, c: cmd.GaveUp) -> None:
         self._signal("muc_guard_gave_up", room=room_jid(c.rec.jid), cause=c.cause)
 
+    def _gap(self, c: cmd.Gap) -> None:
+        self._signal("muc_guard_gap", room=room_jid(c.rec.jid), since=c.since,
+                     until=c.until, reason=c.reason)
+
     def _hand_over(self, c: cmd.Deliver) -> None:
         self.driver.deliver(c.rec, c.message, recovered=c.recovered, own=c.own)
 
@@ -367,4 +371,5 @@ class CommandRunner(BaseRunner):
         return ArchiveRead(rec.jid, c.attempt, tuple(found), complete=read.complete,
                            retry=read.retry,
                            error=None if read.error is None or read.retry else read.error,
-                           server_now=self.driver.clock.now(rec.service))
+                           server_now=self.driver.clock.now(rec.service),
+                           expired=read.expired)

@@ -64,6 +64,8 @@ class SlixBot(GuardedBot):
             self.xmpp.add_event_handler(
                 name, lambda data, kind=kind, field=field:
                 self._record(kind, data["room"], data[field]))
+        self.xmpp.add_event_handler("muc_guard_gap", lambda data: self._record_gap(
+            data["room"], data["since"], data["until"], data["reason"]))
         self.xmpp.add_event_handler("muc_guard_message", lambda data: self._record_message(
             data["message"]["body"], data["recovered"], data["own"]))
         self._started = asyncio.Event()

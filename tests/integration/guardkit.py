@@ -62,7 +62,14 @@ class GuardedBot:
     def __init__(self) -> None:
         self.events: list[tuple[float, str, Any, Any]] = []
         self.messages: list[tuple[str, bool, bool]] = []
+        #: (room, since, until, reason) of every gap reported, and the number
+        #: of messages delivered before it (kept apart from ``events``, whose
+        #: exact sequences older tests check)
+        self.gaps: list[tuple[Any, float, float, Any, int]] = []
         self._changed = asyncio.Event()
+
+    def _record_gap(self, room: Any, since: float, until: float, reason: Any) -> None:
+        self.gaps.append((room, since, until, reason, len(self.messages)))
 
     def _record(self, kind: str, room: Any, arg: Any) -> None:
         self.events.append((time.monotonic(), kind, room, arg))
@@ -165,6 +172,7 @@ class Bot(GuardedBot):
         self.guard: muc_guard.MUCGuard = self.client.summon(muc_guard.MUCGuard)
         for kind in ("dropped", "rejoined", "gave_up"):
             getattr(self.guard, f"on_{kind}").connect(self._recorder(kind))
+        self.guard.on_gap.connect(self._record_gap)
         self.guard.on_message.connect(
             lambda room, message, *, recovered, own:
             self._record_message(message.body.any(), recovered, own))

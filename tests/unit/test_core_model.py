@@ -139,6 +139,7 @@ from muc_guard.core.commands import (
     Detach,
     Dropped,
     Forget,
+    Gap,
     GaveUp,
     Persist,
     QueryArchiveSupport,
@@ -310,6 +311,8 @@ class CoreModel(RuleBasedStateMachine):
         self.buffered: dict[RoomRecord, list[Msg]] = {}
         #: an open Dropped obligation; rooms whose first Rejoined needs no Dropped
         self.owed: set[RoomRecord] = set()
+        #: the signals seen, by kind: the core's stats must count exactly these
+        self.signalled: dict[str, int] = {}
         self.restored: set[RoomRecord] = set()
         #: backoff bookkeeping: failures in a row, the earliest next SendJoin
         self.failures: dict[RoomRecord, int] = {}
@@ -403,6 +406,8 @@ class CoreModel(RuleBasedStateMachine):
         for i, c in enumerate(commands):
             t = type(c)
             rec: RoomRecord | None = getattr(c, "rec", None)
+            if t in (Dropped, Rejoined, GaveUp, Gap, SendJoin):
+                self._signal(t.__name__)
             if t is ArmTimer:
                 if rec is None:
                     self.pace = (c.at, next(self.seq))
@@ -478,6 +483,14 @@ class CoreModel(RuleBasedStateMachine):
                                  f"{c.rec.state}")
             elif t is Deliver:
                 self._delivered(c.rec, c.message, f"Deliver(recovered={c.recovered})")
+                self._signal("delivered")
+                if c.recovered:
+                    self._signal("recovered")
+            elif t is Gap:
+                if not self.tracked(c.rec) or not c.rec.wanted:
+                    self.problem(f"{c.rec.jid}: a gap for a room not wanted")
+                if not c.since <= c.until:
+                    self.problem(f"{c.rec.jid}: a gap from {c.since} back to {c.until}")
             else:   # pragma: no cover
                 self.problem(f"unknown command {show(c)}")
 
@@ -636,11 +649,29 @@ class CoreModel(RuleBasedStateMachine):
 
     # --- the checks after every event ---------------------------------------------------
 
+    def _signal(self, kind: str) -> None:
+        self.signalled[kind] = self.signalled.get(kind, 0) + 1
+
+    def _check_stats(self) -> None:
+        """The counters count exactly what the core signalled."""
+        assert self.core is not None
+        stats, seen = self.core.stats, self.signalled.get
+        counted = {"Dropped": sum(stats.drops.values()), "Rejoined": stats.rejoins,
+                   "GaveUp": sum(stats.give_ups.values()), "Gap": sum(stats.gaps.values()),
+                   "SendJoin": stats.join_attempts, "delivered": stats.delivered,
+                   "recovered": stats.recovered}
+        for kind, n in counted.items():
+            if n != seen(kind, 0):
+                self.problem(f"stats count {n} {kind}, the core signalled {seen(kind, 0)}")
+        if stats.outage_count > stats.rejoins:
+            self.problem(f"{stats.outage_count} outages observed, {stats.rejoins} rejoins")
+
     def _check(self, context: object) -> None:
         core = self.core
         assert core is not None
         for line in violations(core):
             self.problem(f"violations(): {line}")
+        self._check_stats()
         up = core.stream_up and not core.closed
         # Timers: the front-end's are the core's.
         for (rec, kind) in self.timers:
@@ -949,7 +980,16 @@ class CoreModel(RuleBasedStateMachine):
         verdict = self.core.offer(rec, msg, sid, stamp, nick, body if sid is None else None,
                                   self.wall)
         self.steps += 1
-        note(f"t={self.now:.3f} offer({room}, {msg!r}, stamp={stamp}) -> {verdict}")
+        extra = self.core.take_output()   # a gap the replay showed, run before delivery
+        note(f"t={self.now:.3f} offer({room}, {msg!r}, stamp={stamp}) -> {verdict}"
+             f"{' + ' + show(extra) if extra else ''}")
+        if any(type(c) is not Gap for c in extra) or (extra and verdict != REPLAYED):
+            self.problem(f"{room}: offer -> {verdict} left {show(extra)}")
+        self._run(extra, "offer")
+        if verdict in (LIVE, REPLAYED):
+            self._signal("delivered")
+            if verdict == REPLAYED:
+                self._signal("recovered")
         if verdict not in (NOT_NEW, LIVE, REPLAYED):
             self.problem(f"{room}: offer returned {verdict!r}")
         if recovering:
