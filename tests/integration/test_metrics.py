@@ -5,7 +5,8 @@ Each scenario runs on both front-ends (the ``frontend`` fixture): the
 endpoint serves ``bot.guard`` (aioxmpp's MUCGuard, or the slixmpp plugin),
 bound to 127.0.0.1 on a free port. Faults come from the server: a 110+333
 kick (over verified TLS), a silent removal that only a self-ping finds, and
-a SIGKILL of Prosody, restarted by the test. Counters are compared with
+a SIGKILL of Prosody, restarted by the test; and an outage longer than
+``archive_limit`` on a room with an archive (a gap). Counters are compared with
 what they were before the fault, so that what a join costs does not matter.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import aiohttp
 import aioxmpp
 import pytest
-from guardkit import eventually, occupant_nicks_of, over_verified_tls
+from guardkit import eventually, occupant_nicks_of, over_verified_tls, send_all, talker_in
 from scrapekit import Scraper
 
 from muc_guard import metrics
@@ -185,3 +186,50 @@ async def test_server_kill_turns_healthz_503_until_the_rooms_are_back(
     assert await v("muc_guard_longest_outage_seconds", jid) == 0
     await bot.stop()
     await other.stop()
+
+
+async def test_archive_limit_gap_and_recovered_messages_are_counted(
+        prosody_factory, make_client, make_bot, account, room_jid, serve):
+    """Out while 12 messages are said, back with archive_limit = 5: five are
+    recovered from the archive, one gap (archive-limit) is counted."""
+    server = prosody_factory(mam=True)
+    await server.create_room(room_jid)
+    jid, pw = account("mgap", server=server)
+    bot = make_bot(jid, pw, server=server)
+    bot.settings.set_backoff(0.3, 1.0)
+    bot.settings.archive_limit = 5
+    await bot.start()
+    await bot.join(room_jid, "bot")
+    endpoint = await serve(bot.guard, per_room=True)
+    v = endpoint.value
+    room = await talker_in(room_jid, server, account, make_client)
+    await send_all(room, ["before"])
+    assert await eventually(lambda: _has_messages(bot, 1))
+    delivered = await v("muc_guard_messages_delivered_total", jid)
+    assert await v("muc_guard_messages_recovered_total", jid) == 0
+
+    await server.refuse_joins(room_jid, "remote-server-timeout", "wait")
+    await server.kick_with_codes(room_jid, "bot", [333])
+    await bot.wait_event("dropped", room_jid)
+    assert await eventually(lambda: _refused(server, room_jid))
+    await send_all(room, [f"missed {i}" for i in range(12)])
+    await server.clear_refusals(room_jid)
+    await bot.wait_event("rejoined", room_jid, timeout=20)
+    await send_all(room, ["after"])
+    assert await eventually(lambda: _has_messages(bot, 7), timeout=15)
+
+    assert await v("muc_guard_gaps_total", jid, reason="archive-limit") == 1
+    assert await v("muc_guard_gaps_total", jid, reason="archive-expired") == 0
+    assert await v("muc_guard_room_gaps_total", jid, room=str(room_jid)) == 1
+    assert await v("muc_guard_messages_recovered_total", jid) == 5
+    assert await v("muc_guard_messages_delivered_total", jid) == delivered + 6
+    assert await endpoint.status_is(200)     # a gap is reported, not a health problem
+    await bot.stop()
+
+
+async def _has_messages(bot: Any, n: int) -> bool:
+    return len(bot.messages) >= n
+
+
+async def _refused(server: Any, room_jid: Any) -> bool:
+    return await server.refused_count(room_jid) >= 1
