@@ -123,6 +123,10 @@ class GuardMixin:
     nick_reclaim_interval = _engine_setting(
         "nick_reclaim_interval",
         "Seconds between attempts to win back a nick lost to a 409 (default 60).")
+    health_grace = _engine_setting(
+        "health_grace",
+        "health(): seconds a wanted room (or the stream) may be out and still count "
+        "as healthy, a bounded rejoin (default 120).")
 
     @property
     def backoff_min(self) -> float:

@@ -93,6 +93,15 @@ def log_path(log_dir: pathlib.Path, room: Any) -> pathlib.Path:
     return log_dir / (urllib.parse.quote(str(room), safe="@.-_+") + ".log")
 
 
+def gap_line(room: Any, since: float, until: float, reason: str) -> str:
+    """``--- gap in ROOM from ISO to ISO (reason) ---``: messages lost for good."""
+    def iso(when: float) -> str:
+        return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).isoformat(
+            timespec="seconds")
+    return (f"--- gap in {escape(str(room))} from {iso(since)} to {iso(until)} "
+            f"({escape(reason)}) ---\n")
+
+
 def format_line(stamp: float | None, nick: str | None, body: str) -> str:
     """One line: the room's own time for a replayed message (its <delay/>;
     any other is the sender's claim), else the time of receipt."""
@@ -112,13 +121,16 @@ class RoomLogs:
     def write(self, room: Any, stamp: float | None, nick: str | None, body: str) -> None:
         """Append the message and flush it to the OS before returning: the
         guard records it as delivered once the handler returns."""
+        self.write_line(room, format_line(stamp, nick, body))
+
+    def write_line(self, room: Any, line: str) -> None:
         try:
             out = self.files.get(str(room))
             if out is None:
                 out = self.bot.exit_stack.enter_context(
                     open(log_path(self.log_dir, room), "a", encoding="utf-8", newline="\n"))
                 self.files[str(room)] = out
-            out.write(format_line(stamp, nick, body))
+            out.write(line)
             out.flush()
         except Exception:
             # Stop hard, before the guard writes the message down as
@@ -127,3 +139,10 @@ class RoomLogs:
             logger.critical("cannot log a message of %s; stopping at once", room,
                             exc_info=True)
             os._exit(common.EXIT_FAILED)
+
+    def gap(self, room: Any, since: float, until: float, reason: Any) -> None:
+        """Mark in the room's log that messages said from `since` to `until`
+        are missing (the guard's on_gap / muc_guard_gap): a line no message
+        line can be, as it has no tab."""
+        reason_text = getattr(reason, "value", reason)
+        self.write_line(room, gap_line(room, since, until, str(reason_text)))

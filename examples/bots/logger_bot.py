@@ -17,7 +17,9 @@ The guard's ``on_message`` fires for every groupchat message exactly once,
 whichever ``Room`` object it arrived on, and it asks for the history missed
 since the last delivered message on every rejoin and restart. This bot only
 appends each one to ``LOG_DIR/<room JID>.log`` as
-``ISO-timestamp<TAB>nick<TAB>body``. The timestamp is the room's (XEP-0203)
+``ISO-timestamp<TAB>nick<TAB>body``, and where the guard reports a gap
+(``on_gap``: the history or archive could not cover an outage) a marker line
+``--- gap in ROOM from ISO to ISO (reason) ---``. The timestamp is the room's (XEP-0203)
 for replayed messages and the time of receipt for live ones; backslash, tab,
 CR and newline are escaped as ``\\\\``, ``\\t``, ``\\r`` and ``\\n``, so each
 message is exactly one line (see behaviour.py; slixmpp_logger_bot.py is the
@@ -50,6 +52,7 @@ def setup(bot: common.Bot) -> None:
         logs.write(room_jid, room_stamp_of(message, room_jid), nick, message.body.any())
 
     bot.guard.on_message.connect(on_message)
+    bot.guard.on_gap.connect(logs.gap)
 
 
 if __name__ == "__main__":

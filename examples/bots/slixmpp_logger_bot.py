@@ -4,8 +4,9 @@ logger_bot.py on slixmpp: every message of its rooms, one line each, one
 file per room, with no gaps and no duplicates across drops and restarts.
 
 The ``muc_guard_message`` event fires for every groupchat message exactly
-once and carries what was missed while the bot was out; the lines, files
-and limits are logger_bot.py's (see behaviour.py).
+once and carries what was missed while the bot was out; ``muc_guard_gap``
+writes the gap marker line; the lines, files and limits are logger_bot.py's
+(see behaviour.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def setup(bot: common.Bot) -> None:
                    message["body"])
 
     bot.client.add_event_handler("muc_guard_message", on_message)
+    bot.client.add_event_handler("muc_guard_gap", lambda data: logs.gap(
+        data["room"], data["since"], data["until"], data["reason"]))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ SETTINGS: dict[str, Any] = {
     "probe_before_rejoin": _DEFAULTS.probe_before_rejoin,
     "probe_timeout": _DEFAULTS.probe_timeout,
     "nick_reclaim_interval": _DEFAULTS.nick_reclaim_interval,
+    "health_grace": _DEFAULTS.health_grace,
     "backoff_min": _DEFAULTS.backoff.minimum,
     "backoff_max": _DEFAULTS.backoff.maximum,
 }

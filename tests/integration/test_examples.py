@@ -414,17 +414,30 @@ def position_holds(db: pathlib.Path, room: aioxmpp.JID, nick: str, body: str) ->
     return bool(row) and digest(nick, body) in {key for key, _ in recent_from_json(row[0])}
 
 
-@over_frontends
-async def test_logger_bot_loses_nothing_across_sigkill(prosody, bots, account, room_jid,
-                                                        talker, tmp_path, frontend):
-    await prosody.create_room(room_jid, history_length=100)
+async def _logger_in(prosody, bots, account, room_jid, tmp_path, frontend, *,
+                     history_length: int) -> tuple[Any, pathlib.Path, pathlib.Path]:
+    """A room keeping `history_length` messages, and ``start()``: the logger
+    bot (the first or a restarted one) started and in the room; its log
+    file and its store."""
+    await prosody.create_room(room_jid, history_length=history_length)
     jid, password = account("logger")
     db, log_dir = tmp_path / "logger.db", tmp_path / "logs"
     args = ("--room", str(room_jid), "--db", str(db), "--log-dir", str(log_dir))
-    logfile = log_dir / f"{room_jid}.log"
-    bot = await bots(bot_script("logger", frontend), jid, password, *args)
-    await until(lambda: in_room(prosody, room_jid, "bot"), "logger in the room",
-                START_TIMEOUT, bot)
+
+    async def start() -> Any:
+        bot = await bots(bot_script("logger", frontend), jid, password, *args)
+        await until(lambda: in_room(prosody, room_jid, "bot"), "logger in the room",
+                    START_TIMEOUT, bot)
+        return bot
+    return start, log_dir / f"{room_jid}.log", db
+
+
+@over_frontends
+async def test_logger_bot_loses_nothing_across_sigkill(prosody, bots, account, room_jid,
+                                                        talker, tmp_path, frontend):
+    start, logfile, db = await _logger_in(prosody, bots, account, room_jid, tmp_path,
+                                          frontend, history_length=100)
+    bot = await start()
     me = await talker()
 
     texts = [f"message {i:02d}" for i in range(70)]
@@ -450,9 +463,7 @@ async def test_logger_bot_loses_nothing_across_sigkill(prosody, bots, account, r
     await until(lambda: sum(nick == "talker" for nick, _ in me.heard) >= 60,
                 "the talker's 60 messages reflected (so they are in the room's history)", 10)
 
-    bot = await bots(bot_script("logger", frontend), jid, password, *args)
-    await until(lambda: in_room(prosody, room_jid, "bot"), "logger back in the room",
-                START_TIMEOUT, bot)
+    bot = await start()
     await until(lambda: len(log_lines(logfile)) >= 60, "60 lines after the restart", 10, bot)
     for text in texts[60:]:
         me.say(text)
@@ -468,6 +479,39 @@ async def test_logger_bot_loses_nothing_across_sigkill(prosody, bots, account, r
     for stamp, _, _ in fields:
         assert stamp.endswith("+00:00") and "T" in stamp
 
+    bot.send_signal(signal.SIGINT)
+    assert await bot.wait() == 0, bot.log()
+
+
+@over_frontends
+async def test_logger_bot_writes_a_gap_marker_where_the_history_falls_short(
+        prosody, bots, account, room_jid, talker, tmp_path, frontend):
+    """Stopped while 12 messages are said in a room that keeps 5: after its
+    restart the log holds what came before, the gap marker, the last 5."""
+    start, logfile, _ = await _logger_in(prosody, bots, account, room_jid, tmp_path,
+                                         frontend, history_length=5)
+    bot = await start()
+    me = await talker()
+    texts = [f"message {i:02d}" for i in range(15)]
+    for text in texts[:3]:
+        me.say(text)
+    await until(lambda: len(log_lines(logfile)) >= 3, "3 lines logged", 10, bot)
+    bot.send_signal(signal.SIGINT)
+    assert await bot.wait() == 0, bot.log()
+    await until(lambda: _not(in_room(prosody, room_jid, "bot")), "the logger gone", 10)
+    for text in texts[3:]:
+        me.say(text)
+    await until(lambda: sum(nick == "talker" for nick, _ in me.heard) >= 15,
+                "the talker's 15 messages reflected", 10)
+
+    bot = await start()
+    await until(lambda: len(log_lines(logfile)) >= 9, "the marker and 5 lines", 15, bot)
+    await asyncio.sleep(0.5)                    # anything extra would show up now
+    lines = log_lines(logfile)
+    assert [line.split("\t")[-1] for line in lines[:3]] == texts[:3]
+    assert lines[3].startswith(f"--- gap in {room_jid} from ") and "\t" not in lines[3]
+    assert lines[3].endswith(" (history-short) ---"), lines[3]
+    assert [line.split("\t")[-1] for line in lines[4:]] == texts[-5:]
     bot.send_signal(signal.SIGINT)
     assert await bot.wait() == 0, bot.log()
 

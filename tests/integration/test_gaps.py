@@ -12,6 +12,7 @@ front-ends (the ``frontend`` fixture).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -57,7 +58,8 @@ def _room_health(bot):
 
 
 async def test_archive_limit_reached_with_more_in_the_archive_is_one_gap(
-        prosody_factory, make_client, make_bot, account, room_jid):
+        prosody_factory, make_client, make_bot, account, room_jid, caplog):
+    caplog.set_level(logging.INFO, logger="muc_guard.events")
     server = prosody_factory(mam=True)
     await server.create_room(room_jid)
     bot = await _guarded(server, make_bot, account, room_jid, archive_limit=5)
@@ -77,6 +79,9 @@ async def test_archive_limit_reached_with_more_in_the_archive_is_one_gap(
     health = bot.guard.health()
     assert health.counters.gaps == {GapReason.ARCHIVE_LIMIT: 1}
     assert _room_health(bot).gaps == 1 and health.healthy
+    [line] = [r for r in caplog.records if getattr(r, "muc_event", None) == "gap"]
+    assert (line.muc_reason, line.muc_gap_since, line.muc_gap_until) == (
+        "archive-limit", since, until)
     await bot.stop()
 
 
