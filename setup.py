@@ -37,6 +37,9 @@ setup(
         # the slixmpp front-end (muc_guard.slixmpp, issue #14); 1.17 is the
         # release it was written and tested against
         "slixmpp": ["slixmpp>=1.17"],
+        # muc_guard.metrics (issue #15): the collector needs prometheus_client
+        # (custom collectors and choose_encoder as of 0.20), serve() aiohttp.web
+        "metrics": ["prometheus_client>=0.20", "aiohttp>=3.9"],
         "test": [
             "pytest>=8",
             "pytest-asyncio>=1.0",
@@ -45,6 +48,9 @@ setup(
             "pytest-xdist>=3.5",
             "trustme>=1.1",    # muc_guard.testing.certs: the tests' private CA
             "time-machine>=2.10",   # the bot's clock shifted against the server's
+            # muc_guard.metrics and its tests (scrapes with aiohttp.ClientSession)
+            "prometheus_client>=0.20",
+            "aiohttp>=3.9",
             # scripts/run-tests lints and type checks (settings: pyproject.toml);
             # pinned, as a new release may bring new findings.
             "ruff==0.17.6",

@@ -19,7 +19,9 @@ and ``slix-plain`` are the same for slixmpp (``bench.botproc_slix``).
 
 Config keys: mode, host, port, password, muc_domain, jid, resource, nick,
 room_prefix, room_count, join ("store" | "join"), store, ping_idle,
-ping_timeout, max_concurrent_joins, concurrency, probe, join_wait.
+ping_timeout, max_concurrent_joins, concurrency, probe, join_wait, metrics
+(guard modes: serve muc_guard.metrics on a free loopback port and report it
+as ``metrics``, for scenario 5's scraped side).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import sys  # noqa: E402
 from datetime import timedelta  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.child import PingLedger, emit, join_all, joined_then_serve  # noqa: E402
+from bench.child import (  # noqa: E402
+    PingLedger, close_metrics, emit, join_all, joined_then_serve, serve_metrics)
 
 
 def tune_aioxmpp_self_ping(room: Any, idle: float, ping_timeout: float) -> None:
@@ -157,6 +160,7 @@ async def main(config: dict[str, Any]) -> None:
         muc = client.summon(aioxmpp.MUCClient)
 
     # connect
+    metrics = await serve_metrics(guard, config)
     times["t_conn0"] = time.monotonic()
     established = loop.create_future()
     client.on_stream_established.connect(established, client.on_stream_established.AUTO_FUTURE)
@@ -190,6 +194,7 @@ async def main(config: dict[str, Any]) -> None:
 
         joined = await join_all((join_one(j) for j in jids), join_wait)
     await joined_then_serve(joined, len(jids), times, guard, lambda: messages, ledger)
+    await close_metrics(metrics)
     if guard is not None:
         await asyncio.wait_for(guard.shutdown(), 30.0)
     stopped = loop.create_future()

@@ -16,7 +16,8 @@ import asyncio
 import time
 from typing import Any
 
-from bench.child import PingLedger, emit, join_all, joined_then_serve
+from bench.child import (PingLedger, close_metrics, emit, join_all, joined_then_serve,
+                         serve_metrics)
 
 PING_NS = "urn:xmpp:ping"
 
@@ -128,6 +129,7 @@ async def main(config: dict[str, Any], t_start: float) -> None:
         if idle is not None:
             xmpp.register_plugin("xep_0410")
 
+    metrics = await serve_metrics(guard, config)
     times["t_conn0"] = time.monotonic()
     started = asyncio.Event()
     xmpp.add_event_handler("session_start", lambda _: started.set())
@@ -157,6 +159,7 @@ async def main(config: dict[str, Any], t_start: float) -> None:
 
         joined = await join_all((join_one(room) for room in rooms), join_wait)
     await joined_then_serve(joined, len(rooms), times, guard, lambda: messages, ledger)
+    await close_metrics(metrics)
     if guard is not None:
         await asyncio.wait_for(guard.shutdown(), 30.0)
     try:

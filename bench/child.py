@@ -100,6 +100,24 @@ async def serve(mark: Callable[[], dict[str, Any]], ledger: PingLedger | None) -
             return
 
 
+async def serve_metrics(guard: Any, config: dict[str, Any]) -> Any:
+    """With config ``metrics`` true: muc_guard.metrics.serve() for `guard`
+    on a free port of 127.0.0.1, reported as ``metrics`` (its port), so
+    that the benchmark can scrape it; returns the server (None without)."""
+    if guard is None or not config.get("metrics"):
+        return None
+    import muc_guard.metrics
+
+    server = await muc_guard.metrics.serve(guard, port=0)
+    emit("metrics", port=server.port)
+    return server
+
+
+async def close_metrics(server: Any) -> None:
+    if server is not None:
+        await server.close()
+
+
 def store_transactions(guard: Any) -> int | None:
     """The guard's store write transactions so far (None without a store);
     both front-ends keep their driver in ``_guard``."""

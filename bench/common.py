@@ -406,6 +406,7 @@ class Sizes:
     s5_seconds: float = 60.0
     s5_window: float = 10.0
     s5_ping_idle: float = 10.0
+    s5_scrape_interval: float = 1.0
     s6_rooms: int = 1000
     s6_ping_idle: float = 60.0
     s6_seconds: float = 180.0
@@ -432,6 +433,7 @@ SMOKE = Sizes(
     s3_rooms=8, s3_ping_idle=1.5, s3_spread=0.8,
     s4_rooms=20, s4_concurrency=(4, 20), s4_repeats=1,
     s5_rooms=20, s5_rate=40.0, s5_seconds=1.0, s5_window=0.5, s5_ping_idle=0.5,
+    s5_scrape_interval=0.25,
     s6_rooms=20, s6_ping_idle=0.5, s6_seconds=1.0,
     s7_rooms=200, s7_busy_rooms=4, s7_busy_messages=600,
     s8_rooms=20, s8_repeats=1,

@@ -13,19 +13,27 @@ whoever is looking over your shoulder.
 Solution
 ========
 
-Two subcommands on top of :class:`~muc_guard.store.Store`:
+Three subcommands, two on top of :class:`~muc_guard.store.Store`:
 
 * ``muc-guard rooms --db FILE`` prints the tracked rooms as a table (or as
   JSON with ``--json``). Passwords are never printed, only whether one is set.
 * ``muc-guard forget ROOM --db FILE`` deletes a room so that the bot does not
   rejoin it at its next start.
+* ``muc-guard health --db FILE`` prints what the store can tell about each
+  room's health (drops, last cause, when it was last joined and dropped, the
+  last downtime); ``muc-guard health --url http://127.0.0.1:PORT`` asks a
+  running bot's ``/healthz`` (:mod:`muc_guard.metrics`) and exits 0 when it
+  is healthy, 1 when not, 2 when it cannot be reached: a container
+  HEALTHCHECK or a systemd timer can run it as it is.
 
-Both open the store with ``create=False``: a mistyped path is an error, not a
-new empty store. The store knows whether a room is wanted or given up, not
-whether a running bot is in it right now, so that is all ``rooms`` shows.
+The store commands open it with ``create=False``: a mistyped path is an
+error, not a new empty store. The store knows whether a room is wanted or
+given up, not whether a running bot is in it right now, so that is all
+``rooms`` and ``health --db`` show (and ``health --db`` says so).
 
-Exit codes: 0 success, 1 ``forget`` matched nothing, 2 bad usage or an
-unusable store.
+Exit codes: 0 success, 1 ``forget`` matched nothing or ``health --url``
+found the bot unhealthy, 2 bad usage, an unusable store or an unreachable
+bot.
 
 Neither front-end is needed to list a store: JIDs typed on the command line
 (``--account``, ``forget ROOM``) and the stored rooms are read by aioxmpp
@@ -44,6 +52,9 @@ import os
 import re
 import sqlite3
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,7 +69,9 @@ logger = logging.getLogger("muc_guard.cli")
 PROG = "muc-guard"
 EXIT_OK = 0
 EXIT_NO_MATCH = 1
+EXIT_UNHEALTHY = 1
 EXIT_USAGE = 2
+EXIT_UNREACHABLE = 2
 
 
 class CliError(Exception):
@@ -313,6 +326,120 @@ async def cmd_forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+STORE_CANNOT_TELL = ("The store cannot tell whether the bot is running, nor whether it is in "
+                     "its rooms right now: ask a running bot with --url.")
+
+
+def store_health_table(rooms: list[tuple[str, RoomRecord]]) -> str:
+    rows = [["ACCOUNT", "ROOM", "STATE", "DROPS", "LAST CAUSE", "LAST JOINED", "LAST DROPPED",
+             "LAST DOWNTIME"]]
+    for account, rec in rooms:
+        seconds, still_out = downtime(rec)
+        rows.append([account, str(rec.jid), state_of(rec), str(rec.drops),
+                     rec.last_cause.value if rec.last_cause is not None else "-",
+                     local_time(rec.last_joined), local_time(rec.last_dropped),
+                     downtime_text(seconds, still_out)])
+    return render_table(rows, right=frozenset({3}))
+
+
+async def health_from_store(args: argparse.Namespace) -> int:
+    account = parse_account(args.account) if args.account is not None else None
+    store = await _open(args.db)
+    try:
+        rooms = await store.load_all()
+    finally:
+        await store.close()
+    rooms = sorted(((acc, rec) for acc, rec in rooms if account is None or acc == account),
+                   key=lambda item: (item[0], str(item[1].jid)))
+    if args.json:
+        print(json.dumps({"source": "store", "running": None, "note": STORE_CANNOT_TELL,
+                          "rooms": [room_record(acc, rec) for acc, rec in rooms]}, indent=2))
+        return EXIT_OK
+    print(store_health_table(rooms) if rooms else f"no rooms in {args.db}")
+    print()
+    print(STORE_CANNOT_TELL)
+    return EXIT_OK
+
+
+def healthz_url(url: str) -> str:
+    """`url` as given, or with ``/healthz`` when it names no path."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CliError(f"--url: expected http://HOST:PORT[/healthz], got {url!r}")
+    if parts.path in ("", "/"):
+        parts = parts._replace(path="/healthz")
+    return urllib.parse.urlunsplit(parts)
+
+
+def fetch_healthz(url: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of a muc_guard /healthz; ConnectionError
+    when it cannot be asked or does not answer as one."""
+    # No proxy from the environment: the endpoint is this machine's (loopback).
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:   # 503 (and any other answer but 2xx)
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(f"cannot reach {url}: {reason}") from None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if status not in (200, 503) or not isinstance(body, dict) or "healthy" not in body:
+        raise ConnectionError(f"{url} answered {status}, not as a muc_guard /healthz")
+    return status, body
+
+
+def _outage_text(room: dict[str, Any]) -> str:
+    seconds = room.get("outage_seconds")
+    return human_duration(seconds) if isinstance(seconds, (int, float)) else "-"
+
+
+def live_health_text(body: dict[str, Any]) -> str:
+    lines = ["healthy" if body.get("healthy") else "NOT healthy"]
+    lines += [f"  problem: {problem}" for problem in body.get("problems", [])]
+    rows = [["ACCOUNT", "ROOM", "STATE", "HEALTHY", "OUT FOR", "DROPS", "LAST CAUSE",
+             "LAST CONFIRMED"]]
+    for account in body.get("accounts", []):
+        stream = "up" if account.get("stream_up") else "DOWN"
+        lines.append(f"{account.get('account')}: stream {stream}, "
+                     f"{len(account.get('rooms', []))} room(s)")
+        for room in account.get("rooms", []):
+            rows.append([str(account.get("account")), str(room.get("room")),
+                         str(room.get("state")), "yes" if room.get("healthy") else "NO",
+                         _outage_text(room), str(room.get("drops")),
+                         room.get("last_cause") or "-",
+                         local_time(room.get("last_confirmed"))])
+    if len(rows) > 1:
+        lines += ["", render_table(rows, right=frozenset({5}))]
+    return "\n".join(lines)
+
+
+async def health_from_url(args: argparse.Namespace) -> int:
+    url = healthz_url(args.url)
+    try:
+        status, body = await asyncio.to_thread(fetch_healthz, url, args.timeout)
+    except ConnectionError as exc:
+        if args.json:
+            print(json.dumps({"healthy": None, "error": str(exc)}, indent=2))
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(json.dumps(body, indent=2) if args.json else live_health_text(body))
+    return EXIT_OK if status == 200 and body.get("healthy") is True else EXIT_UNHEALTHY
+
+
+async def cmd_health(args: argparse.Namespace) -> int:
+    if args.url is not None:
+        if args.account is not None:
+            raise CliError("--account goes with --db: a running bot's endpoint "
+                           "answers for all its accounts")
+        return await health_from_url(args)
+    return await health_from_store(args)
+
+
 # --- argument parsing --------------------------------------------------------------
 
 
@@ -330,9 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  muc-guard rooms --db bot.db\n"
                "  muc-guard rooms --db bot.db --account bot@example.org --json\n"
                "  muc-guard forget room@conference.example.org --db bot.db\n"
+               "  muc-guard health --url http://127.0.0.1:9110\n"
                "\n"
                "Run 'muc-guard COMMAND --help' for the options of a command.\n"
-               "Exit codes: 0 success, 1 nothing to forget, 2 bad usage or unusable store.",
+               "Exit codes: 0 success, 1 nothing to forget or not healthy, 2 bad usage,\n"
+               "unusable store or unreachable bot.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -381,6 +510,38 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--account", metavar="JID",
                         help="only for this account (default: every account)")
     forget.set_defaults(func=cmd_forget)
+
+    health = commands.add_parser(
+        "health", formatter_class=_Formatter,
+        help="is the bot in its rooms? (a running bot, or what its store tells)",
+        description="With --url, ask a running bot's health endpoint (muc_guard.metrics.serve,\n"
+                    "the example bots' --metrics-port) and exit 0 when it is healthy, 1 when\n"
+                    "it is not, 2 when it cannot be reached. Healthy: the stream is up and\n"
+                    "every wanted room is joined or inside a bounded rejoin (health_grace).\n\n"
+                    "With --db, print what the store tells about each room: state, drops,\n"
+                    "last cause, last joined and dropped, the last downtime. The store\n"
+                    "cannot tell whether the bot runs or is in its rooms right now; this\n"
+                    "form always exits 0 (2 for an unusable store).",
+        epilog="examples:\n"
+               "  muc-guard health --url http://127.0.0.1:9110\n"
+               "  muc-guard health --url http://127.0.0.1:9110/healthz --json\n"
+               "  muc-guard health --db bot.db",
+    )
+    source = health.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", metavar="URL",
+                        help="a running bot's endpoint, http://127.0.0.1:PORT (/healthz "
+                             "is added when the URL has no path)")
+    source.add_argument("--db", metavar="FILE",
+                        help="the store file (never created by this command)")
+    health.add_argument("--account", metavar="JID",
+                        help="with --db: only this account's rooms")
+    health.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="with --url: how long to wait for the answer (default: "
+                             "%(default)s)")
+    health.add_argument("--json", action="store_true",
+                        help="print JSON: the endpoint's answer as it came, or the "
+                             "store's rooms")
+    health.set_defaults(func=cmd_health)
     return parser
 
 

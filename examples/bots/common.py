@@ -31,6 +31,11 @@ in ``--db`` but no longer given is left and forgotten. A room the guard gave
 up on (kicked, banned, destroyed) stays given up, even when still given:
 the bot logs how to want it again (``muc-guard forget``). Without any
 ``--room``, the bot goes back to the rooms its store wants.
+
+With ``--metrics-port PORT`` the bot serves Prometheus metrics and its
+health (``/metrics``, ``/healthz``: :func:`muc_guard.metrics.serve`) on
+127.0.0.1 while it runs; ``muc-guard health --url http://127.0.0.1:PORT``
+asks it. It needs the ``metrics`` extra, and only then.
 """
 
 from __future__ import annotations
@@ -85,6 +90,9 @@ Rooms given with --room are the rooms the bot is in: rooms stored in --db
 but not given are left. A room the bot was kicked or banned from stays given
 up until you run 'muc-guard forget ROOM --db FILE'. Without --room, the bot
 rejoins the rooms stored in --db. Stop the bot with Ctrl-C or SIGTERM.
+
+--metrics-port serves /metrics (Prometheus) and /healthz (200 healthy, 503
+not) on 127.0.0.1 while the bot runs.
 """
 
 
@@ -141,6 +149,10 @@ def make_parser(prog: str, description: str, examples: str) -> argparse.Argument
                         help="self-ping a room (XEP-0410) after this many seconds without "
                              "any traffic from it, to find silent drops (default: "
                              "muc_guard's own, 300)")
+    parser.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                        help="serve Prometheus metrics (/metrics) and the bot's health "
+                             "(/healthz) on 127.0.0.1:PORT while it runs (0: any free "
+                             "port, logged); needs muc_guard[metrics]")
     parser.add_argument("--log-level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much to log (default: %(default)s; the XMPP library's "
@@ -156,6 +168,16 @@ def _positive_seconds(value: str) -> float:
     if not 0 < seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {value!r}")
     return seconds
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range: {value!r}")
+    return port
 
 
 def _split(flag: str, what: str, value: str, split_jid: SplitJID,
@@ -361,6 +383,22 @@ async def _join(frontend: Frontend, guard: Any, room: Any, nick: str) -> None:
 SetupFn = Callable[[Bot], "Awaitable[None] | None"]  # sync or async
 
 
+async def _serve_metrics(guard: Any, port: int) -> Any:
+    """muc_guard.metrics.serve() on loopback; None (logged) when it cannot."""
+    try:
+        import muc_guard.metrics
+    except ImportError as exc:
+        logger.error("--metrics-port: %s", exc)
+        return None
+    try:
+        server = await muc_guard.metrics.serve(guard, port=port)
+    except OSError as exc:
+        logger.error("--metrics-port: cannot serve on 127.0.0.1:%s: %s", port, exc)
+        return None
+    logger.info("metrics on %s/metrics, health on %s/healthz", server.url, server.url)
+    return server
+
+
 async def run(settings: Settings, setup: SetupFn, frontend: Frontend) -> int:
     """Run the bot until SIGINT/SIGTERM; returns the exit code."""
     loop = asyncio.get_running_loop()
@@ -378,6 +416,12 @@ async def run(settings: Settings, setup: SetupFn, frontend: Frontend) -> int:
     except muc_guard.StoreError as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
+    metrics_server = None
+    if settings.args.metrics_port is not None:
+        metrics_server = await _serve_metrics(guard, settings.args.metrics_port)
+        if metrics_server is None:
+            await guard.shutdown()
+            return EXIT_USAGE
     joins: list[asyncio.Task[None]] = []
     try:
         result = setup(bot)
@@ -401,6 +445,8 @@ async def run(settings: Settings, setup: SetupFn, frontend: Frontend) -> int:
         for task in joins:
             task.cancel()
         await asyncio.gather(*joins, return_exceptions=True)
+        if metrics_server is not None:
+            await metrics_server.close()
         await guard.shutdown()       # flushes the store; rooms stay wanted
         await frontend.stop(client)
         bot.exit_stack.close()

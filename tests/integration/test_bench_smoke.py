@@ -35,6 +35,8 @@ SLIXMPP_ROWS = [
     (3, "plain slixmpp: first detection → each room rejoined", "s"),
     (5, "slixmpp guard: CPU per message delivered", "µs"),
     (5, "slixmpp plain: CPU per message received", "µs"),
+    (5, "slixmpp guard with metrics: CPU per message delivered", "µs"),
+    (5, "slixmpp guard with metrics: /metrics scrape duration", "ms"),
     (9, "slixmpp guard in 10 rooms: 110+333 received → muc_guard_rejoined", "ms"),
     (9, "slixmpp floor: plain slixmpp join of a fresh room", "ms"),
 ]
@@ -69,3 +71,6 @@ def test_bench_smoke(tmp_path: pathlib.Path) -> None:
         row = re.compile(rf"^\| {number} \| {re.escape(figure)} \| {unit} \| [1-9]\d* \|",
                          re.MULTILINE)
         assert row.search(text), f"no samples for ({number}, {figure!r})"
+    # scenario 5's third aioxmpp bot: the guard with metrics served and scraped
+    assert re.search(r"^\| 5 \| guard with metrics: /metrics scrape duration \| ms \| [1-9]\d* \|",
+                     text, re.MULTILINE), "scenario 5 scraped no /metrics"

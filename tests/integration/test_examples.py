@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any
 
+import aiohttp
 import aioxmpp
 import pytest
 
@@ -34,6 +35,7 @@ from guardkit import checkout_env, over_both, over_frontends, over_verified_tls
 from muc_guard.core.continuity import digest, recent_from_json
 from muc_guard.testing.certs import TestCA
 from muc_guard.testing.process import free_port
+from scrapekit import Scraper
 from prosody import ProsodyServer, connected
 
 pytestmark = pytest.mark.integration
@@ -218,10 +220,22 @@ def test_bad_flags_are_clear_errors(tmp_path, frontend):
         (["--jid", "bot@localhost", "--room", "r@@c"], "--room"),
         (["--jid", "bot@localhost", "--insecure-plaintext"], "--server"),
         (["--jid", "bot@localhost", "--server", "host:99999"], "--server"),
+        (["--jid", "bot@localhost", "--metrics-port", "99999"], "--metrics-port"),
     ]:
         done = run_script(bot_script("echo", frontend), *args, env=env)
         assert done.returncode == 2, (args, done.stderr)
         assert words in done.stderr.splitlines()[-1], (args, done.stderr)
+
+
+# --- metrics and health (--metrics-port) ----------------------------------------
+
+
+@pytest.fixture
+async def scraper():
+    """``scraper(port)`` -> a Scraper of 127.0.0.1:PORT on one aiohttp session,
+    closed at teardown."""
+    async with aiohttp.ClientSession() as http:
+        yield lambda port: Scraper(http, f"http://127.0.0.1:{port}")
 
 
 # --- the echo bot -------------------------------------------------------------------
@@ -230,12 +244,24 @@ def test_bad_flags_are_clear_errors(tmp_path, frontend):
 @over_both
 @over_frontends
 async def test_echo_bot_answers_and_survives_a_333_kick(prosody, bots, account, room_jid,
-                                                         talker, tmp_path, frontend):
+                                                         talker, tmp_path, frontend, scraper):
+    """... and serves its metrics and health (--metrics-port) all along: the
+    kick is one more drop (server-error) and one more rejoin there."""
     jid, password = account("echo")
+    port = free_port()
     bot = await bots(bot_script("echo", frontend), jid, password, "--room", str(room_jid),
-                     "--db", str(tmp_path / "echo.db"))
+                     "--db", str(tmp_path / "echo.db"), "--metrics-port", str(port))
     await until(lambda: in_room(prosody, room_jid, "bot"), "echo bot in the room",
                 START_TIMEOUT, bot)
+    scrape = scraper(port)
+    await until(lambda: scrape.status_is(200), "/healthz answers 200", 10, bot)
+    status, body = await scrape.healthz()
+    [account_health] = body["accounts"]
+    assert account_health["account"] == str(jid) and account_health["stream_up"] is True
+    assert [(r["room"], r["state"]) for r in account_health["rooms"]] == [
+        (str(room_jid), "joined")]
+    assert await scrape.value("muc_guard_drops_total", jid, cause="server-error") == 0
+    rejoins = await scrape.value("muc_guard_rejoins_total", jid)
     me = await talker()
 
     me.say("bot: ping")
@@ -247,6 +273,12 @@ async def test_echo_bot_answers_and_survives_a_333_kick(prosody, bots, account, 
     await until(lambda: in_room(prosody, room_jid, "bot"), "echo bot back in the room", 15, bot)
     await until(lambda: "back in" in bot.log(), "the rejoin logged", 5, bot)
     assert "dropped from" in bot.log() and "server-error" in bot.log()
+    assert await scrape.value("muc_guard_drops_total", jid, cause="server-error") == 1
+    assert await scrape.value("muc_guard_rejoins_total", jid) == rejoins + 1
+    assert await scrape.value("muc_guard_rooms", jid, state="joined") == 1
+    checked = await asyncio.to_thread(cli, "health", "--url", scrape.url)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.startswith("healthy")
 
     me.say("bot, pong")
     await until(lambda: ("bot", "pong") in me.heard, "echo of 'pong' after the rejoin", 10, bot)
@@ -256,6 +288,7 @@ async def test_echo_bot_answers_and_survives_a_333_kick(prosody, bots, account, 
     bot.send_signal(signal.SIGTERM)
     assert await bot.wait() == 0, bot.log()
     assert not await in_room(prosody, room_jid, "bot")
+    assert not await scrape.status_is(200)        # the endpoint ended with the bot
 
 
 @over_frontends
