@@ -247,26 +247,31 @@ class Health:
         }
 
 
+#: looked up once: a scrape builds a snapshot of every room (1,000 and more)
+_JOINED, _GAVE_UP = State.JOINED, State.GAVE_UP
+_PROBE, _RECOVER = Phase.PROBE, Phase.RECOVER
+_PHASE_NAMES = {phase: phase.name.lower() for phase in Phase}
+
+
 def _room_health(rec: RoomRecord, jid: Hashable, grace: float, now: float,
                  wall: float) -> RoomHealth:
-    state = rec.state
-    joined = state is State.JOINED
+    state, phase = rec.state, rec.phase
+    joined = state is _JOINED
     # last_traffic is core time (0.0: none in this process)
     last_confirmed = wall - now + rec.last_traffic if joined or rec.last_traffic else None
-    since = None if joined else rec.out_since
-    outage = max(0.0, wall - since) if since is not None else None
     if joined:
+        since = outage = None
         healthy = True
-    elif state is State.GAVE_UP:
-        healthy = False
     else:
-        healthy = outage is not None and outage < grace
+        since = rec.out_since
+        outage = max(0.0, wall - since) if since is not None else None
+        healthy = state is not _GAVE_UP and outage is not None and outage < grace
     return RoomHealth(
-        jid=jid, state=state, nick=rec.nick, wanted=rec.wanted,
+        jid=jid, state=state, nick=rec.nick, wanted=state is not _GAVE_UP,
         last_confirmed=last_confirmed, outage_since=since, outage_seconds=outage,
         drops=rec.drops, last_cause=rec.last_cause,
-        ping_pending=bool(rec.ping) or rec.phase is Phase.PROBE,
-        recovering=rec.phase is Phase.RECOVER, join_phase=rec.phase.name.lower(),
+        ping_pending=bool(rec.ping) or phase is _PROBE,
+        recovering=phase is _RECOVER, join_phase=_PHASE_NAMES[phase],
         attempts=0 if joined else rec.outage_attempts, gaps=rec.gaps, healthy=healthy)
 
 
