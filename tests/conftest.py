@@ -268,23 +268,6 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Spread the tests that run for many seconds (``fuzz``, ``long``) evenly
-    over the run. pytest-xdist's worksteal hands each worker a contiguous
-    share of the list first; the four long unit tests sat in one share, so
-    one worker ran them one after another (45 s) while the other finished
-    its share and found nothing left to steal (tests/unit: 58-69 s)."""
-    long = [item for item in items if item.get_closest_marker("fuzz") is not None
-            or item.get_closest_marker("long") is not None]
-    if not long or len(long) == len(items):
-        return
-    short = [item for item in items if item not in set(long)]
-    step = len(items) / len(long)
-    slots = {round(i * step): item for i, item in enumerate(long)}
-    rest = iter(short)
-    items[:] = [slots[i] if i in slots else next(rest) for i in range(len(items))]
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     seconds = _timeout_for(item)

@@ -41,7 +41,10 @@ message delivered (``rec.position``); never for a room without one:
   still holds our last message replays a copy of it (or of one before it)
   first. A replayed message that is new before any such copy: from our
   position to that message. (A room that keeps exactly as many messages as
-  were missed looks the same: reported, though nothing was lost.)
+  were missed looks the same: reported, though nothing was lost.) Not
+  checked when the rejoin follows the loss of our own stream: the server may
+  have restarted, and one that keeps history in memory only replays just
+  what was said since (:meth:`.joins.Joiner._send_join`).
 
 ``healthy`` means: the stream is up and every wanted room is joined, or is
 inside a *bounded* rejoin: out for less than ``Settings.health_grace``

@@ -245,7 +245,13 @@ class Joiner:
         stream.replaying = not archive
         # The history asked for starts a little before our position: a replay
         # that shows none of what we had fell short (CoreContext.offer).
-        stream.history_from = None if archive else rec.position.last_ts
+        # Not after our own stream was lost: the server may have restarted,
+        # and one that keeps history in memory only replays just what was
+        # said since, which proves no loss (the demo's server crash).
+        after_stream_loss = (rec.state is State.REJOINING
+                             and rec.last_cause is Cause.STREAM_LOST)
+        stream.history_from = (None if archive or after_stream_loss
+                               else rec.position.last_ts)
         stream.buffer = None    # what waited for an earlier join comes back from there
         rec.phase = Phase.JOIN
         rec.attempt = self.core.new_attempt()

@@ -1217,7 +1217,6 @@ def quiet_core() -> Iterator[None]:
 # A passing CI run takes seconds; a failing one spends minutes shrinking, which
 # must not end in the default 60 s timeout of tests/conftest.py. No limit
 # for the long run.
-@pytest.mark.long
 @pytest.mark.timeout(0 if LONG else 900)
 def test_the_core_keeps_its_rules_under_random_events(quiet_core: None) -> None:
     STEP_COUNT[0] = ACTION_COUNT[0] = 0

@@ -198,6 +198,22 @@ def test_a_history_replay_that_starts_after_our_position_is_a_gap() -> None:
     assert health(guard).rooms[0].gaps == 1
 
 
+def test_after_our_stream_was_lost_a_replay_that_starts_after_our_position_is_no_gap(
+        ) -> None:
+    """The server may have restarted: one that keeps history in memory only
+    replays just what was said since (the demo's server crash)."""
+    guard = Guard()
+    rec = guard.joined()
+    assert guard.core.offer(rec, "m1", "id1", None, "alice", None, WALL + 1) == LIVE
+    guard(StreamDown("res1"), at=10.0)
+    [probe] = guard(StreamUp("res1"), at=12.0)
+    [join] = only(guard(PingReplied(ROOM, probe.attempt, "not-acceptable")), SendJoin)
+    assert rec.last_cause is Cause.STREAM_LOST
+    guard(JoinSucceeded(ROOM, join.attempt), at=13.0)
+    assert offer_replayed(guard, rec, "id7", WALL + 12) == (REPLAYED, [])
+    assert guard.core.stats.gaps == {} and rec.gaps == 0
+
+
 def test_a_replay_that_repeats_our_last_message_first_is_no_gap() -> None:
     guard = Guard()
     rec = rejoined_with_history(guard)
