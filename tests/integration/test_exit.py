@@ -46,6 +46,14 @@ def child_env() -> dict[str, str]:
                          if not k.startswith("MUC_GUARD_")})
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child: SIGINT at its default, as a terminal's Ctrl-C finds it. A
+    test run started in the background by a shell without job control (e.g.
+    ``nohup scripts/run-tests &``) ignores SIGINT, and an ignored SIGINT is
+    inherited across exec: Python then installs no KeyboardInterrupt at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_exitbot(mode: str, frontend: str, db: pathlib.Path, *args: str,
                 env: dict[str, str] | None = None,
                 bound: float = EXIT_BOUND) -> tuple[subprocess.CompletedProcess[str], list[str]]:
@@ -171,7 +179,8 @@ def test_ctrl_c_on_a_bot_without_signal_handlers(tmp_path, frontend):
     proc = subprocess.Popen([sys.executable, str(HERE / "exitbot.py"), "wait", "--db", str(db),
                              "--frontend", frontend],
                             env=child_env(), cwd=tmp_path, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:                  # "module", then "ready"
