@@ -279,10 +279,15 @@ class GuardCore(CoreContext):
                 else:
                     self.joins.start(rec, 0.0)
 
-    def _stream_down(self, event: StreamDown) -> None:
+    def _went_down(self) -> None:
+        """The stream is down from now; a loss after a suspension counts from
+        the suspension."""
         if self.stream_up or self.down_since is None:
             self.down_since = self.now
         self.stream_up = False
+
+    def _stream_down(self, event: StreamDown) -> None:
+        self._went_down()
         self.occupant_resource = event.resource
         lost = [rec for rec in self.rooms.values() if rec.state is State.JOINED]
         if lost:
@@ -299,9 +304,7 @@ class GuardCore(CoreContext):
             self.joins.stream_lost(rec)
 
     def _stream_suspended(self, event: StreamSuspended) -> None:
-        if self.stream_up or self.down_since is None:
-            self.down_since = self.now
-        self.stream_up = False   # XEP-0198 hibernation: pings and joins wait
+        self._went_down()   # XEP-0198 hibernation: pings and joins wait
 
     def _stream_resumed(self, event: StreamResumed) -> None:
         self.stream_up = True
